@@ -1,0 +1,458 @@
+/*
+ * chan.c — channels.
+ *
+ * A channel is a lock, an optional ring buffer of weft_val slots, and two
+ * FIFO queues of waiter records (goroutines blocked sending / receiving).
+ *
+ * Invariants (all under c->lock)
+ *  - At most one of sendq and recvq holds waiters that can still be woken:
+ *    a sender only queues when no receiver is waiting and the buffer is full,
+ *    and a receiver only when no sender is waiting and the buffer is empty.
+ *    (Select waiters whose goroutine was already claimed by another case may
+ *    linger in either queue; dequeue skips them.)
+ *  - cap == 0 or count > 0 implies recvq has no live waiter;
+ *    cap == 0 or count < cap implies sendq has no live waiter.
+ *  - Once closed, a channel is never reopened, and no waiter is queued on it
+ *    (close wakes all of them; send and recv check closed first).
+ *  - FIFO: buffered values leave in the order they entered; a receive from a
+ *    full buffer takes the head and moves the first blocked sender's value to
+ *    the tail, so order is kept across blocked senders too.
+ *  - A value (weft_val) is moved, never duplicated: on every path it ends in
+ *    exactly one of the buffer, a waiter's val, or the caller's hands.
+ *
+ * Waking: a waker unlinks the waiter under c->lock, writes the value and
+ * `success` into it, and calls weft_ready() after unlocking; a select waiter
+ * must first be claimed with a CAS on its goroutine's selectdone (the first
+ * claimer wins and writes g->param; losers are skipped).
+ *
+ * Parking: a blocking operation queues its waiter while holding c->lock and
+ * parks with c->lock as the unlock function, so the lock is released only
+ * once the goroutine is off its stack (proc.c).
+ *
+ * Lock order: channel locks in address order (select.c), then timer and
+ * scheduler locks may be taken by weft_ready(). An after-channel's release
+ * takes its timer's lock before freeing (timer.c).
+ */
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct weft_waitq {
+    weft_waiter *first, *last;
+} weft_waitq;
+
+struct weft_chan {
+    weft_mutex lock;
+    atomic_int refs;
+    atomic_int closed;
+    size_t cap;
+    _Atomic size_t count; /* written under lock; read lock-free by len() */
+    size_t sendx, recvx;
+    weft_val *buf;
+    weft_waitq recvq, sendq;
+    struct weft_timer *timer; /* an after-channel's timer (strong) */
+};
+
+enum { DIR_RECV = WEFT_CASE_RECV, DIR_SEND = WEFT_CASE_SEND };
+
+/* ---- waiter queues --------------------------------------------------------- */
+
+static void waitq_enqueue(weft_waitq *q, weft_waiter *w) {
+    w->next = NULL;
+    w->prev = q->last;
+    if (q->last)
+        q->last->next = w;
+    else
+        q->first = w;
+    q->last = w;
+    w->queued = true;
+}
+
+static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        q->first = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        q->last = w->prev;
+    w->next = w->prev = NULL;
+    w->queued = false;
+}
+
+/* The first waiter that can still be woken, unlinked. A select waiter must
+ * win its goroutine first; one that loses stays with its select, which
+ * cleans up after itself (it is unlinked here all the same). */
+static weft_waiter *waitq_dequeue(weft_waitq *q) {
+    for (;;) {
+        weft_waiter *w = q->first;
+        if (!w)
+            return NULL;
+        waitq_unlink(q, w);
+        if (w->is_select) {
+            int zero = 0;
+            if (!atomic_compare_exchange_strong(&w->g->selectdone, &zero, 1))
+                continue;
+            w->g->param = w;
+        }
+        return w;
+    }
+}
+
+static weft_waitq *queue_of(weft_chan *c, int dir) {
+    return dir == DIR_SEND ? &c->sendq : &c->recvq;
+}
+
+weft_waiter *weft_waitq_dequeue_for(weft_chan *c, int dir) {
+    return waitq_dequeue(queue_of(c, dir));
+}
+
+void weft_chan_lock(weft_chan *c) {
+    weft_mutex_lock(&c->lock);
+}
+
+void weft_chan_unlock(weft_chan *c) {
+    weft_mutex_unlock(&c->lock);
+}
+
+static void unlock_cb(void *c) {
+    weft_mutex_unlock(&((weft_chan *)c)->lock);
+}
+
+/* ---- life cycle ------------------------------------------------------------ */
+
+weft_chan *weft_chan_new(size_t cap) {
+    if (cap > ((size_t)1 << 40))
+        return NULL;
+    weft_chan *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    if (cap) {
+        c->buf = calloc(cap, sizeof *c->buf);
+        if (!c->buf) {
+            free(c);
+            return NULL;
+        }
+    }
+    weft_mutex_init(&c->lock);
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->closed, 0);
+    atomic_init(&c->count, 0);
+    c->cap = cap;
+    return c;
+}
+
+weft_chan *weft_chan_retain(weft_chan *c) {
+    if (c)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+void weft_chan_release(weft_chan *c) {
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (c->timer)
+        weft_timer_detach(c->timer); /* waits out a firing that may be sending to c */
+    size_t n = atomic_load_explicit(&c->count, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++)
+        weft_val_free(&c->buf[(c->recvx + i) % c->cap]);
+    free(c->buf);
+    free(c);
+}
+
+void weft_chan_set_timer(weft_chan *c, struct weft_timer *t) {
+    c->timer = t;
+}
+
+/* ---- operations under the lock ------------------------------------------------
+ * Each returns with c->lock released, except when the operation must block:
+ * then it returns WEFT_EAGAIN with the lock still held. */
+
+static void count_op(void) {
+    weft_proc *p = weft_proc_self();
+    if (p)
+        weft_stat_inc(&p->st_chanops);
+}
+
+static int send_locked(weft_chan *c, weft_val *v) {
+    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+        weft_mutex_unlock(&c->lock);
+        return WEFT_ECLOSED;
+    }
+    weft_waiter *w = waitq_dequeue(&c->recvq);
+    if (w) {
+        w->val = *v;
+        w->success = true;
+        weft_mutex_unlock(&c->lock);
+        weft_ready(w->g, true);
+        return WEFT_OK;
+    }
+    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
+    if (count < c->cap) {
+        c->buf[c->sendx] = *v;
+        if (++c->sendx == c->cap)
+            c->sendx = 0;
+        atomic_store_explicit(&c->count, count + 1, memory_order_relaxed);
+        weft_mutex_unlock(&c->lock);
+        return WEFT_OK;
+    }
+    return WEFT_EAGAIN;
+}
+
+/* 1 with *out, 0 closed (out zeroed), or WEFT_EAGAIN with the lock held. */
+static int recv_locked(weft_chan *c, weft_val *out) {
+    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
+    weft_waiter *w = waitq_dequeue(&c->sendq);
+    if (w) {
+        if (c->cap == 0) {
+            *out = w->val;
+        } else {
+            /* Buffer full: take its head, the sender's value goes to the tail. */
+            *out = c->buf[c->recvx];
+            c->buf[c->recvx] = w->val;
+            if (++c->recvx == c->cap)
+                c->recvx = 0;
+            c->sendx = c->recvx;
+        }
+        memset(&w->val, 0, sizeof w->val);
+        w->success = true;
+        weft_mutex_unlock(&c->lock);
+        weft_ready(w->g, true);
+        return 1;
+    }
+    if (count > 0) {
+        *out = c->buf[c->recvx];
+        memset(&c->buf[c->recvx], 0, sizeof *out);
+        if (++c->recvx == c->cap)
+            c->recvx = 0;
+        atomic_store_explicit(&c->count, count - 1, memory_order_relaxed);
+        weft_mutex_unlock(&c->lock);
+        return 1;
+    }
+    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+        weft_mutex_unlock(&c->lock);
+        memset(out, 0, sizeof *out);
+        return 0;
+    }
+    return WEFT_EAGAIN;
+}
+
+/* Exported for select.c: one attempt at a case, lock held by the caller
+ * (and not released). Returns 1 if the case proceeded; *wake is a waiter
+ * whose goroutine must be readied once the locks are dropped. */
+int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
+    *wake = NULL;
+    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
+    if (cs->dir == DIR_RECV) {
+        weft_waiter *w = waitq_dequeue(&c->sendq);
+        if (w) {
+            if (c->cap == 0) {
+                cs->val = w->val;
+            } else {
+                cs->val = c->buf[c->recvx];
+                c->buf[c->recvx] = w->val;
+                if (++c->recvx == c->cap)
+                    c->recvx = 0;
+                c->sendx = c->recvx;
+            }
+            memset(&w->val, 0, sizeof w->val);
+            w->success = true;
+            *wake = w;
+            cs->ok = 1;
+            return 1;
+        }
+        if (count > 0) {
+            cs->val = c->buf[c->recvx];
+            memset(&c->buf[c->recvx], 0, sizeof cs->val);
+            if (++c->recvx == c->cap)
+                c->recvx = 0;
+            atomic_store_explicit(&c->count, count - 1, memory_order_relaxed);
+            cs->ok = 1;
+            return 1;
+        }
+        if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+            memset(&cs->val, 0, sizeof cs->val);
+            cs->ok = 0;
+            return 1;
+        }
+        return 0;
+    }
+    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+        cs->ok = 0;
+        return 1;
+    }
+    weft_waiter *w = waitq_dequeue(&c->recvq);
+    if (w) {
+        w->val = cs->val;
+        w->success = true;
+        *wake = w;
+        memset(&cs->val, 0, sizeof cs->val);
+        cs->ok = 1;
+        return 1;
+    }
+    if (count < c->cap) {
+        c->buf[c->sendx] = cs->val;
+        if (++c->sendx == c->cap)
+            c->sendx = 0;
+        atomic_store_explicit(&c->count, count + 1, memory_order_relaxed);
+        memset(&cs->val, 0, sizeof cs->val);
+        cs->ok = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Queues w on c for direction dir (lock held). */
+void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w) {
+    w->c = c;
+    w->dir = dir;
+    waitq_enqueue(queue_of(c, dir), w);
+}
+
+/* Unlinks w if it is still queued (lock held). */
+void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w) {
+    if (w->queued)
+        waitq_unlink(queue_of(c, dir), w);
+}
+
+void weft_waiter_withdraw(weft_waiter *w) {
+    weft_chan *c = w->c;
+    if (!c)
+        return;
+    weft_mutex_lock(&c->lock);
+    if (w->queued)
+        waitq_unlink(queue_of(c, w->dir), w);
+    weft_mutex_unlock(&c->lock);
+    w->c = NULL;
+}
+
+/* ---- public operations ----------------------------------------------------- */
+
+static void waiter_init(weft_waiter *w, weft_g *g) {
+    memset(w, 0, sizeof *w);
+    w->g = g;
+    w->case_index = -1;
+}
+
+int weft_chan_send(weft_chan *c, weft_val v) {
+    weft_g *g = weft_g_self();
+    if (!c) {
+        if (!g || g->kind != WEFT_G_NATIVE)
+            return WEFT_ENOTG;
+        weft_park_forever("chan send (nil chan)");
+    }
+    count_op();
+    weft_mutex_lock(&c->lock);
+    int rc = send_locked(c, &v);
+    if (rc != WEFT_EAGAIN)
+        return rc;
+    if (!g || g->kind != WEFT_G_NATIVE) {
+        weft_mutex_unlock(&c->lock);
+        return WEFT_ENOTG;
+    }
+    weft_waiter *w = &g->w1;
+    waiter_init(w, g);
+    w->val = v;
+    weft_chan_enqueue_locked(c, DIR_SEND, w);
+    g->waiting = w;
+    g->nwaiting = 1;
+    weft_park("chan send", unlock_cb, c);
+    g->nwaiting = 0;
+    w->c = NULL;
+    return w->success ? WEFT_OK : WEFT_ECLOSED;
+}
+
+int weft_chan_recv(weft_chan *c, weft_val *out) {
+    weft_g *g = weft_g_self();
+    if (!c) {
+        if (!g || g->kind != WEFT_G_NATIVE)
+            return WEFT_ENOTG;
+        weft_park_forever("chan receive (nil chan)");
+    }
+    count_op();
+    weft_mutex_lock(&c->lock);
+    int rc = recv_locked(c, out);
+    if (rc != WEFT_EAGAIN)
+        return rc;
+    if (!g || g->kind != WEFT_G_NATIVE) {
+        weft_mutex_unlock(&c->lock);
+        return WEFT_ENOTG;
+    }
+    weft_waiter *w = &g->w1;
+    waiter_init(w, g);
+    weft_chan_enqueue_locked(c, DIR_RECV, w);
+    g->waiting = w;
+    g->nwaiting = 1;
+    weft_park("chan receive", unlock_cb, c);
+    g->nwaiting = 0;
+    w->c = NULL;
+    *out = w->val;
+    return w->success ? 1 : 0;
+}
+
+int weft_chan_trysend(weft_chan *c, weft_val v) {
+    if (!c)
+        return WEFT_EAGAIN;
+    count_op();
+    weft_mutex_lock(&c->lock);
+    int rc = send_locked(c, &v);
+    if (rc == WEFT_EAGAIN)
+        weft_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int weft_chan_tryrecv(weft_chan *c, weft_val *out) {
+    if (!c)
+        return WEFT_EAGAIN;
+    count_op();
+    weft_mutex_lock(&c->lock);
+    int rc = recv_locked(c, out);
+    if (rc == WEFT_EAGAIN)
+        weft_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int weft_chan_close(weft_chan *c) {
+    if (!c)
+        return WEFT_EINVAL;
+    weft_mutex_lock(&c->lock);
+    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+        weft_mutex_unlock(&c->lock);
+        return WEFT_ECLOSED;
+    }
+    atomic_store_explicit(&c->closed, 1, memory_order_relaxed);
+    weft_waiter *wake = NULL, *w;
+    while ((w = waitq_dequeue(&c->recvq))) {
+        memset(&w->val, 0, sizeof w->val);
+        w->success = false;
+        w->next = wake;
+        wake = w;
+    }
+    while ((w = waitq_dequeue(&c->sendq))) {
+        w->success = false; /* the sender keeps its value */
+        w->next = wake;
+        wake = w;
+    }
+    weft_mutex_unlock(&c->lock);
+    while (wake) {
+        w = wake;
+        wake = w->next;
+        w->next = NULL;
+        weft_ready(w->g, false);
+    }
+    return WEFT_OK;
+}
+
+size_t weft_chan_len(weft_chan *c) {
+    return c ? atomic_load_explicit(&c->count, memory_order_relaxed) : 0;
+}
+
+size_t weft_chan_cap(weft_chan *c) {
+    return c ? c->cap : 0;
+}
+
+int weft_chan_closed(weft_chan *c) {
+    return c ? atomic_load_explicit(&c->closed, memory_order_relaxed) : 0;
+}

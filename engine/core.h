@@ -1,0 +1,246 @@
+/*
+ * core.h — the engine's internal objects: goroutines (G), processors (P),
+ * waiter records, timers and the scheduler singleton. Only engine/ and
+ * bindings/ include this; users see weft.h.
+ *
+ * The protocols that use these objects are described where they live:
+ * proc.c (scheduling, parking, stealing), runq.c (run queues), chan.c and
+ * select.c (channels), timer.c (timers).
+ */
+#ifndef WEFT_CORE_H
+#define WEFT_CORE_H
+
+#include "ctx.h"
+#include "lock.h"
+#include "stack.h"
+#include "weft.h"
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct weft_proc weft_proc;
+typedef struct weft_g weft_g;
+typedef struct weft_waiter weft_waiter;
+
+#define WEFT_RUNQ_SIZE 256 /* local run queue ring; a power of two */
+#define WEFT_MAX_PROCS 256
+
+/* ---- goroutines ---------------------------------------------------------- */
+
+enum weft_gstate {
+    WEFT_G_IDLE,     /* on a free list */
+    WEFT_G_RUNNABLE, /* in a run queue, an inbox, or about to be */
+    WEFT_G_RUNNING,  /* a processor is executing it */
+    WEFT_G_WAITING,  /* parked: something must weft_ready() it */
+    WEFT_G_DEAD
+};
+
+enum weft_gkind {
+    WEFT_G_NATIVE, /* C code on its own stack; runs on any processor */
+    WEFT_G_HOSTED  /* run by the host (a Lua coroutine); bound to one processor */
+};
+
+/* What a native goroutine asks its processor's scheduler context to do
+ * after switching to it. */
+enum weft_parkop { WEFT_PARK_WAIT, WEFT_PARK_YIELD, WEFT_PARK_EXIT };
+
+/* A goroutine waiting on a channel (Go's sudog). It lives in its goroutine
+ * (g->w1 for a single operation, g->wbuf for select) and is linked into a
+ * channel's send or receive queue under that channel's lock. */
+struct weft_waiter {
+    weft_g *g;
+    weft_chan *c;
+    weft_waiter *next, *prev; /* channel queue links (c->lock) */
+    weft_val val;             /* send: the value offered; recv: the value received */
+    int case_index;           /* select: the case it stands for */
+    int dir;                  /* WEFT_CASE_SEND or WEFT_CASE_RECV: which queue */
+    bool is_select;           /* must win g->selectdone before being woken */
+    bool queued;              /* linked in c's queue (c->lock) */
+    bool success;             /* set by the waker: communicated (true) or closed (false) */
+};
+
+/* ---- timers -------------------------------------------------------------- */
+
+enum weft_timer_kind {
+    WEFT_TIMER_SLEEP,  /* wakes t->g; embedded in the goroutine */
+    WEFT_TIMER_CHAN,   /* one-shot: sends now() to t->c (t holds a reference) */
+    WEFT_TIMER_TICKER, /* periodic: sends now() to t->c, drops ticks when full */
+    WEFT_TIMER_AFTER,  /* one-shot for weft_after: t->c is weak (the channel owns t) */
+    WEFT_TIMER_FUNC    /* runs fn(arg) in a new goroutine */
+};
+
+struct weft_timer {
+    weft_mutex mu;                /* armed, when, period, c (see timer.c) */
+    atomic_int refs;              /* owners: user, channel, heap entries, firings */
+    int kind;
+    bool armed;                   /* mu: will deliver once due */
+    int64_t when, period;         /* mu: ns on weft_nanotime()'s clock */
+    weft_chan *c;                 /* mu */
+    weft_g *g;                    /* SLEEP */
+    void (*fn)(void *);           /* FUNC */
+    void *arg;
+    _Atomic(weft_proc *) p;       /* heap it is in, NULL if none (that heap's lock) */
+    int idx;                      /* index in p's heap (p->tlock) */
+    struct weft_timer *firelink;  /* list of timers being fired by run_timers */
+};
+
+typedef struct weft_theap_ent {
+    int64_t when;
+    struct weft_timer *t;
+} weft_theap_ent;
+
+/* ---- goroutine ----------------------------------------------------------- */
+
+struct weft_g {
+    int64_t id;
+    atomic_int state;     /* enum weft_gstate */
+    int kind;             /* enum weft_gkind */
+    weft_ctx ctx;
+    weft_stack stack;
+    void (*fn)(void *);
+    void *arg;
+    weft_g *schedlink;    /* global run queue, inbox, bound queue, free list */
+    weft_proc *bound;     /* HOSTED: the processor that owns it */
+
+    /* Parking (native): set by the goroutine, acted upon by its processor's
+     * scheduler context once the goroutine's stack is no longer in use. */
+    int parkop;
+    void (*unlockf)(void *);
+    void *unlockarg;
+
+    /* Waiting. */
+    const char *wait_reason;
+    int64_t wait_since;       /* weft_nanotime() */
+    weft_waiter w1;           /* single channel operation */
+    weft_waiter *wbuf;        /* select: one waiter per case */
+    int wbuf_cap;
+    weft_waiter *waiting;     /* waiters now queued on channels (teardown) */
+    int nwaiting;
+    atomic_int selectdone;    /* select: 0 until a waker claims the goroutine */
+    weft_waiter *param;       /* the waiter that won (written before weft_ready) */
+    struct weft_timer sleept; /* weft_sleep */
+
+    int64_t parent_id;        /* creator */
+    void *host;               /* HOSTED: host data */
+};
+
+/* ---- processors ---------------------------------------------------------- */
+
+struct weft_proc {
+    int id;
+    pthread_t thread;
+    bool has_thread; /* started by the engine (joined at stop) */
+    struct ev_loop *loop;
+    ev_async wake;   /* other threads wake a sleeping processor with this */
+    ev_timer alarm;  /* armed for the earliest timer before sleeping */
+    weft_ctx g0;     /* the scheduler context (the thread's own stack) */
+    weft_g *curg;
+
+    /* Local run queue (runq.c): the owner puts at the tail, anyone takes at
+     * the head (owner gets, thieves steal half). */
+    _Atomic uint32_t runqhead;
+    _Atomic uint32_t runqtail;
+    _Atomic(weft_g *) runq[WEFT_RUNQ_SIZE];
+    _Atomic(weft_g *) runnext; /* run next, inherits the time slice */
+
+    /* Hosted goroutines bound here and runnable; owner only. */
+    weft_g *boundhead, *boundtail;
+    uint32_t nbound;
+
+    /* Inbox: other threads hand back goroutines bound here. */
+    weft_mutex inboxlock;
+    weft_g *inboxhead, *inboxtail;
+    atomic_int inboxn;
+
+    /* Timers (timer.c): a 4-ary min-heap under tlock; timer0 mirrors the
+     * earliest deadline (0: none) so the scheduler can check it lock-free. */
+    weft_mutex tlock;
+    weft_theap_ent *theap;
+    int tlen, tcap;
+    _Atomic int64_t timer0;
+
+    /* Scheduling state (proc.c). */
+    atomic_int sleeping; /* waiting in ev_run: needs an ev_async to notice work */
+    atomic_int idle;     /* on the idle list (sched.lock) */
+    weft_proc *idlelink;
+    atomic_int wakespin; /* woken by wakep: spin (already counted in nspinning) */
+    bool spinning;
+    uint32_t schedtick;
+    uint64_t rng;
+
+    /* Free goroutines (with their stacks) for reuse. */
+    weft_g *gfree;
+    int ngfree;
+
+    /* Statistics: written by the owner only, read by anyone. */
+    _Atomic uint64_t st_switches, st_steals, st_stolen, st_wakeups, st_timers, st_chanops;
+};
+
+/* ---- the scheduler ------------------------------------------------------- */
+
+enum { WEFT_SCHED_STOPPED, WEFT_SCHED_RUNNING, WEFT_SCHED_STOPPING };
+
+typedef struct weft_sched {
+    atomic_int state;
+    int nprocs;
+    weft_proc **procs;
+    size_t stack_size;
+
+    weft_mutex lock; /* global run queue, idle list, global free list */
+    weft_g *runqhead, *runqtail;
+    atomic_int runqsize;
+    weft_proc *idlep;
+    atomic_int npidle;
+    atomic_int nspinning;
+    weft_g *gfree;
+    int ngfree;
+
+    weft_mutex alllock; /* allgs: every goroutine struct ever made (for teardown, dumps) */
+    weft_g **allgs;
+    size_t nallgs, capallgs;
+
+    _Atomic int64_t ngoroutines;
+    _Atomic int64_t goidgen;
+    weft_g *main_g;
+} weft_sched;
+
+extern weft_sched weft_S;
+
+/* proc.c */
+weft_proc *weft_proc_self(void); /* never cached across a park: goroutines migrate */
+weft_g *weft_g_self(void);
+void weft_ready(weft_g *g, bool next);
+void weft_park(const char *reason, void (*unlockf)(void *), void *arg);
+void weft_park_forever(const char *reason);
+void weft_wakep(void);
+uint32_t weft_fastrand(void);
+void weft_stat_inc(_Atomic uint64_t *counter);
+int64_t weft_coarse_now(void);
+
+/* runq.c */
+void weft_runq_put(weft_proc *p, weft_g *g, bool next);
+weft_g *weft_runq_get(weft_proc *p);
+weft_g *weft_runq_steal(weft_proc *p, weft_proc *victim, bool steal_runnext);
+bool weft_runq_empty(weft_proc *p);
+uint32_t weft_runq_len(weft_proc *p);
+void weft_globrunq_put(weft_g *g);
+void weft_globrunq_put_batch(weft_g *head, weft_g *tail, int n);
+weft_g *weft_globrunq_get(weft_proc *p, int max); /* sched.lock held */
+
+/* chan.c */
+void weft_waiter_withdraw(weft_waiter *w); /* teardown: unlink if still queued */
+weft_waiter *weft_waitq_dequeue_for(weft_chan *c, int dir);
+void weft_chan_lock(weft_chan *c);
+void weft_chan_unlock(weft_chan *c);
+void weft_chan_set_timer(weft_chan *c, struct weft_timer *t);
+
+/* timer.c */
+void weft_timers_run(weft_proc *p, int64_t now);
+void weft_timers_teardown(weft_proc *p);
+void weft_timer_sleep_arm(weft_g *g, int64_t when);
+void weft_timer_detach(struct weft_timer *t);
+
+#endif

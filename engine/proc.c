@@ -1,0 +1,946 @@
+/*
+ * proc.c — processors and the scheduler: running, parking and waking
+ * goroutines, work stealing, idling in the ev loop, engine start and stop.
+ *
+ * Model. There are nprocs processors (P), each an OS thread that owns a libev
+ * loop. A P's thread runs the scheduler on its own stack (g0) and switches to
+ * a native goroutine's stack to run it; the goroutine switches back to g0 to
+ * park, yield or exit. Hosted goroutines (Lua coroutines, bindings/) are run
+ * by a host hook from g0 and are bound to one P.
+ *
+ * Goroutine states (g->state):
+ *   IDLE -> RUNNABLE (created) -> RUNNING (execute) -> WAITING (parked)
+ *   -> RUNNABLE (weft_ready) -> ... -> DEAD (exited) -> IDLE (free list)
+ *
+ * Parking (gopark). A native goroutine sets parkop/unlockf and switches to
+ * g0; g0 marks it WAITING and only then calls unlockf (e.g. releases the
+ * channel lock under which the goroutine queued a waiter). So a waker, which
+ * needs that lock to find the goroutine, can only weft_ready() it after its
+ * stack is no longer in use, and may then run it on any processor at once.
+ *
+ * Waking. weft_ready() puts a native goroutine in the current P's runnext
+ * (or the global queue from a thread that is no P) and calls wakep(); a
+ * hosted goroutine goes to its own P: the bound queue if that is the current
+ * P, else the P's inbox.
+ *
+ * Spinning and idling (after Go's findrunnable/wakep):
+ *  - A P with nothing to run may spin (steal from others) if fewer than half
+ *    of the busy Ps are spinning. nspinning counts spinning Ps.
+ *  - wakep() wakes an idle P (one sleeping in its ev loop) only when there is
+ *    no spinning P already; the woken P starts out spinning (nspinning was
+ *    incremented for it by the waker: no thundering herd).
+ *  - A spinning P that finds work stops spinning and, if it was the last
+ *    spinner, calls wakep() so that new work keeps finding hands.
+ *  - A P going idle puts itself on the idle list, and if it was spinning
+ *    re-checks every run queue afterwards: a goroutine readied while it was
+ *    giving up is then not stranded (the waker saw nspinning > 0 and did
+ *    not wake anyone).
+ *  - Before blocking in ev_run a P sets `sleeping` and re-checks its inbox;
+ *    inbox pushers set inboxn then read `sleeping` (both seq_cst), and send
+ *    the ev_async if it is set: one of the two always sees the other.
+ *
+ * Lock order: a channel lock (chan.c) or timer lock (timer.c) may be held
+ * while weft_ready() takes p->inboxlock or sched.lock; sched.lock and
+ * inboxlock are leaves. g0 never holds a lock across a goroutine switch.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "core.h"
+#include "sanitizer.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+weft_sched weft_S;
+
+static _Thread_local weft_proc *tls_proc;
+
+#if defined(__GNUC__)
+#define WEFT_NOINLINE __attribute__((noinline))
+#else
+#define WEFT_NOINLINE
+#endif
+
+/* A goroutine may resume on another thread after parking, so the thread's
+ * processor is always re-read through this function (never inlined, so no
+ * caller can keep a stale TLS address across a switch). */
+WEFT_NOINLINE weft_proc *weft_proc_self(void) {
+    return tls_proc;
+}
+
+weft_g *weft_g_self(void) {
+    weft_proc *p = weft_proc_self();
+    return p ? p->curg : NULL;
+}
+
+void weft_stat_inc(_Atomic uint64_t *counter) {
+    atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+int64_t weft_nanotime(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t weft_coarse_now(void) {
+#if defined(CLOCK_MONOTONIC_COARSE)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#else
+    return weft_nanotime();
+#endif
+}
+
+double weft_now(void) {
+    return (double)weft_nanotime() / 1e9;
+}
+
+uint32_t weft_fastrand(void) {
+    weft_proc *p = weft_proc_self();
+    static _Atomic uint64_t shared = 0x9E3779B97F4A7C15ull;
+    uint64_t x;
+    if (p) {
+        x = p->rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p->rng = x;
+    } else {
+        x = atomic_fetch_add(&shared, 0x9E3779B97F4A7C15ull);
+        x ^= x >> 31;
+        x *= 0xBF58476D1CE4E5B9ull;
+        x ^= x >> 29;
+    }
+    return (uint32_t)(x >> 32);
+}
+
+static void nothing_cb(struct ev_loop *loop, void *w, int revents) {
+    (void)loop;
+    (void)w;
+    (void)revents;
+}
+
+/* ---- goroutine allocation ------------------------------------------------ */
+
+static void g_entry(void *arg);
+
+static weft_g *g_alloc_struct(void) {
+    weft_g *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    weft_mutex_lock(&weft_S.alllock);
+    if (weft_S.nallgs == weft_S.capallgs) {
+        size_t cap = weft_S.capallgs ? weft_S.capallgs * 2 : 256;
+        weft_g **a = realloc(weft_S.allgs, cap * sizeof *a);
+        if (!a) {
+            weft_mutex_unlock(&weft_S.alllock);
+            free(g);
+            return NULL;
+        }
+        weft_S.allgs = a;
+        weft_S.capallgs = cap;
+    }
+    weft_S.allgs[weft_S.nallgs++] = g;
+    weft_mutex_unlock(&weft_S.alllock);
+    atomic_init(&g->state, WEFT_G_IDLE);
+    return g;
+}
+
+/* A free goroutine struct: the processor's list, else a batch from the
+ * global list, else a new one. */
+static weft_g *g_get(weft_proc *p) {
+    if (p && !p->gfree && weft_S.ngfree) {
+        weft_mutex_lock(&weft_S.lock);
+        while (p->ngfree < 32 && weft_S.gfree) {
+            weft_g *g = weft_S.gfree;
+            weft_S.gfree = g->schedlink;
+            weft_S.ngfree--;
+            g->schedlink = p->gfree;
+            p->gfree = g;
+            p->ngfree++;
+        }
+        weft_mutex_unlock(&weft_S.lock);
+    }
+    if (p && p->gfree) {
+        weft_g *g = p->gfree;
+        p->gfree = g->schedlink;
+        p->ngfree--;
+        return g;
+    }
+    if (!p && weft_S.ngfree) {
+        weft_g *g = NULL;
+        weft_mutex_lock(&weft_S.lock);
+        if (weft_S.gfree) {
+            g = weft_S.gfree;
+            weft_S.gfree = g->schedlink;
+            weft_S.ngfree--;
+        }
+        weft_mutex_unlock(&weft_S.lock);
+        if (g)
+            return g;
+    }
+    return g_alloc_struct();
+}
+
+/* Puts a dead goroutine on p's free list, spilling half to the global list
+ * when it grows long; the global list keeps at most 4096 stacks. */
+static void g_put(weft_proc *p, weft_g *g) {
+    atomic_store_explicit(&g->state, WEFT_G_IDLE, memory_order_relaxed);
+    g->schedlink = p->gfree;
+    p->gfree = g;
+    p->ngfree++;
+    if (p->ngfree < 64)
+        return;
+    weft_mutex_lock(&weft_S.lock);
+    while (p->ngfree > 32) {
+        weft_g *x = p->gfree;
+        p->gfree = x->schedlink;
+        p->ngfree--;
+        if (weft_S.ngfree >= 4096 && x->stack.base) {
+            weft_ctx_destroy(&x->ctx);
+            weft_stack_free(&x->stack);
+        }
+        x->schedlink = weft_S.gfree;
+        weft_S.gfree = x;
+        weft_S.ngfree++;
+    }
+    weft_mutex_unlock(&weft_S.lock);
+}
+
+/* Prepares a fresh goroutine: id, stack, entry. */
+static weft_g *g_new(weft_proc *p, int kind, void (*fn)(void *), void *arg) {
+    weft_g *g = g_get(p);
+    if (!g)
+        return NULL;
+    if (kind == WEFT_G_NATIVE) {
+        if (g->stack.base && g->stack.size != weft_stack_round(weft_S.stack_size)) {
+            weft_ctx_destroy(&g->ctx);
+            weft_stack_free(&g->stack);
+        }
+        if (!g->stack.base && weft_stack_alloc(&g->stack, weft_S.stack_size) != 0) {
+            g->schedlink = NULL;
+            if (p)
+                g_put(p, g);
+            return NULL;
+        }
+        g->ctx.stack_lo = g->stack.lo;
+        g->ctx.stack_size = g->stack.size;
+        weft_ctx_init(&g->ctx, g_entry, g);
+    }
+    weft_g *cur = p ? p->curg : NULL;
+    g->id = atomic_fetch_add(&weft_S.goidgen, 1) + 1;
+    g->kind = kind;
+    g->fn = fn;
+    g->arg = arg;
+    g->bound = NULL;
+    g->host = NULL;
+    g->schedlink = NULL;
+    g->wait_reason = NULL;
+    g->waiting = NULL;
+    g->nwaiting = 0;
+    g->parent_id = cur ? cur->id : 0;
+    atomic_store_explicit(&g->state, WEFT_G_RUNNABLE, memory_order_relaxed);
+    atomic_fetch_add_explicit(&weft_S.ngoroutines, 1, memory_order_relaxed);
+    return g;
+}
+
+/* ---- waking ------------------------------------------------------------- */
+
+static void proc_notify(weft_proc *p) {
+    if (atomic_load(&p->sleeping))
+        ev_async_send(p->loop, &p->wake);
+}
+
+static void inbox_push(weft_proc *p, weft_g *g) {
+    g->schedlink = NULL;
+    weft_mutex_lock(&p->inboxlock);
+    if (p->inboxtail)
+        p->inboxtail->schedlink = g;
+    else
+        p->inboxhead = g;
+    p->inboxtail = g;
+    atomic_fetch_add(&p->inboxn, 1);
+    weft_mutex_unlock(&p->inboxlock);
+    proc_notify(p);
+}
+
+static void bound_push(weft_proc *p, weft_g *g, bool front) {
+    g->schedlink = NULL;
+    if (!p->boundhead) {
+        p->boundhead = p->boundtail = g;
+    } else if (front) {
+        g->schedlink = p->boundhead;
+        p->boundhead = g;
+    } else {
+        p->boundtail->schedlink = g;
+        p->boundtail = g;
+    }
+    p->nbound++;
+}
+
+static weft_g *bound_pop(weft_proc *p) {
+    weft_g *g = p->boundhead;
+    if (g) {
+        p->boundhead = g->schedlink;
+        if (!p->boundhead)
+            p->boundtail = NULL;
+        g->schedlink = NULL;
+        p->nbound--;
+    }
+    return g;
+}
+
+static void inbox_drain(weft_proc *p) {
+    weft_mutex_lock(&p->inboxlock);
+    weft_g *g = p->inboxhead;
+    int n = 0;
+    for (weft_g *x = g; x; x = x->schedlink)
+        n++;
+    p->inboxhead = p->inboxtail = NULL;
+    atomic_fetch_sub(&p->inboxn, n);
+    weft_mutex_unlock(&p->inboxlock);
+    while (g) {
+        weft_g *next = g->schedlink;
+        bound_push(p, g, false);
+        g = next;
+    }
+}
+
+void weft_wakep(void) {
+    if (atomic_load(&weft_S.npidle) == 0)
+        return;
+    int zero = 0;
+    if (atomic_load(&weft_S.nspinning) != 0 ||
+        !atomic_compare_exchange_strong(&weft_S.nspinning, &zero, 1))
+        return;
+    weft_mutex_lock(&weft_S.lock);
+    weft_proc *p = weft_S.idlep;
+    if (p) {
+        weft_S.idlep = p->idlelink;
+        p->idlelink = NULL;
+        atomic_store(&p->idle, 0);
+        atomic_fetch_sub(&weft_S.npidle, 1);
+    }
+    weft_mutex_unlock(&weft_S.lock);
+    if (!p) {
+        atomic_fetch_sub(&weft_S.nspinning, 1);
+        return;
+    }
+    atomic_store(&p->wakespin, 1);
+    ev_async_send(p->loop, &p->wake);
+}
+
+void weft_ready(weft_g *g, bool next) {
+    atomic_store_explicit(&g->state, WEFT_G_RUNNABLE, memory_order_release);
+    weft_proc *p = weft_proc_self();
+    if (g->bound) {
+        if (g->bound == p)
+            bound_push(p, g, next);
+        else
+            inbox_push(g->bound, g);
+        return;
+    }
+    if (p)
+        weft_runq_put(p, g, next);
+    else
+        weft_globrunq_put(g);
+    weft_wakep();
+}
+
+/* ---- parking (native goroutines) ------------------------------------------ */
+
+void weft_park(const char *reason, void (*unlockf)(void *), void *arg) {
+    weft_proc *p = weft_proc_self();
+    weft_g *g = p->curg;
+    g->wait_reason = reason;
+    g->wait_since = weft_coarse_now();
+    g->unlockf = unlockf;
+    g->unlockarg = arg;
+    g->parkop = WEFT_PARK_WAIT;
+    weft_ctx_switch(&g->ctx, &p->g0, 0);
+    /* Resumed, possibly on another processor: p is stale here. */
+    g->wait_reason = NULL;
+}
+
+void weft_park_forever(const char *reason) {
+    for (;;)
+        weft_park(reason, NULL, NULL);
+}
+
+void weft_yield(void) {
+    weft_proc *p = weft_proc_self();
+    if (!p || !p->curg || p->curg->kind != WEFT_G_NATIVE)
+        return;
+    weft_g *g = p->curg;
+    g->parkop = WEFT_PARK_YIELD;
+    weft_ctx_switch(&g->ctx, &p->g0, 0);
+}
+
+static void engine_begin_stop(void);
+
+static void g_entry(void *arg) {
+    weft_g *g = arg;
+    weft_ctx_entered(&g->ctx);
+    g->fn(g->arg);
+    if (g == weft_S.main_g)
+        engine_begin_stop();
+    weft_proc *p = weft_proc_self();
+    g->parkop = WEFT_PARK_EXIT;
+    weft_ctx_switch(&g->ctx, &p->g0, 1);
+    abort(); /* a dead goroutine is never resumed */
+}
+
+/* ---- the scheduler loop ---------------------------------------------------- */
+
+static void reset_spinning(weft_proc *p) {
+    p->spinning = false;
+    if (atomic_fetch_sub(&weft_S.nspinning, 1) == 1)
+        weft_wakep();
+}
+
+/* g0, after a native goroutine switched back. */
+static void after_switch(weft_proc *p, weft_g *g) {
+    switch (g->parkop) {
+    case WEFT_PARK_WAIT:
+        atomic_store_explicit(&g->state, WEFT_G_WAITING, memory_order_release);
+        if (g->unlockf)
+            g->unlockf(g->unlockarg);
+        break;
+    case WEFT_PARK_YIELD:
+        atomic_store_explicit(&g->state, WEFT_G_RUNNABLE, memory_order_relaxed);
+        weft_runq_put(p, g, false);
+        break;
+    case WEFT_PARK_EXIT:
+        atomic_store_explicit(&g->state, WEFT_G_DEAD, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&weft_S.ngoroutines, 1, memory_order_relaxed);
+        g_put(p, g);
+        break;
+    }
+}
+
+static void execute(weft_proc *p, weft_g *g) {
+    if (p->spinning)
+        reset_spinning(p);
+    p->curg = g;
+    atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
+    weft_stat_inc(&p->st_switches);
+    if (g->kind == WEFT_G_NATIVE) {
+        weft_ctx_switch(&p->g0, &g->ctx, 0);
+        p->curg = NULL;
+        after_switch(p, g);
+    } else {
+        /* Hosted goroutines arrive with the Lua binding. */
+        p->curg = NULL;
+    }
+}
+
+static void check_timers(weft_proc *p) {
+    int64_t t0 = atomic_load_explicit(&p->timer0, memory_order_relaxed);
+    if (t0 == 0)
+        return;
+    int64_t now = weft_nanotime();
+    if (now >= t0)
+        weft_timers_run(p, now);
+}
+
+static weft_g *local_get(weft_proc *p) {
+    weft_g *g;
+    if (p->nbound && (p->schedtick & 1)) {
+        if ((g = bound_pop(p)))
+            return g;
+    }
+    if ((g = weft_runq_get(p)))
+        return g;
+    return bound_pop(p);
+}
+
+static bool global_nonempty(void) {
+    return atomic_load_explicit(&weft_S.runqsize, memory_order_relaxed) > 0;
+}
+
+static weft_g *global_get(weft_proc *p, int max) {
+    weft_mutex_lock(&weft_S.lock);
+    weft_g *g = weft_globrunq_get(p, max);
+    weft_mutex_unlock(&weft_S.lock);
+    return g;
+}
+
+/* Four rounds over the other processors in a random order; the last round
+ * may also take a victim's runnext. */
+static weft_g *steal_work(weft_proc *p) {
+    int n = weft_S.nprocs;
+    for (int round = 0; round < 4; round++) {
+        uint32_t start = weft_fastrand() % (uint32_t)n;
+        for (int i = 0; i < n; i++) {
+            weft_proc *v = weft_S.procs[(start + (uint32_t)i) % (uint32_t)n];
+            if (v == p)
+                continue;
+            if (atomic_load_explicit(&weft_S.state, memory_order_relaxed) != WEFT_SCHED_RUNNING)
+                return NULL;
+            weft_g *g = weft_runq_steal(p, v, round == 3);
+            if (g) {
+                uint32_t got = weft_runq_len(p) + 1;
+                weft_stat_inc(&p->st_steals);
+                atomic_store_explicit(&p->st_stolen,
+                                      atomic_load_explicit(&p->st_stolen, memory_order_relaxed) + got,
+                                      memory_order_relaxed);
+                return g;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void idle_remove(weft_proc *p) {
+    weft_mutex_lock(&weft_S.lock);
+    if (atomic_load(&p->idle)) {
+        weft_proc **pp = &weft_S.idlep;
+        while (*pp && *pp != p)
+            pp = &(*pp)->idlelink;
+        if (*pp) {
+            *pp = p->idlelink;
+            p->idlelink = NULL;
+            atomic_fetch_sub(&weft_S.npidle, 1);
+        }
+        atomic_store(&p->idle, 0);
+    }
+    weft_mutex_unlock(&weft_S.lock);
+}
+
+static bool stopping(void) {
+    return atomic_load_explicit(&weft_S.state, memory_order_acquire) != WEFT_SCHED_RUNNING;
+}
+
+static void proc_sleep(weft_proc *p) {
+    atomic_store(&p->sleeping, 1);
+    if (!stopping() && atomic_load(&p->inboxn) == 0 && !atomic_load(&p->wakespin)) {
+        int64_t t0 = atomic_load(&p->timer0);
+        if (t0) {
+            ev_now_update(p->loop);
+            double delay = (double)(t0 - weft_nanotime()) / 1e9;
+            ev_timer_set(&p->alarm, delay > 0 ? delay : 0, 0.);
+            ev_timer_start(p->loop, &p->alarm);
+        }
+        if (!t0 || t0 > weft_nanotime())
+            ev_run(p->loop, EVRUN_ONCE);
+        ev_timer_stop(p->loop, &p->alarm);
+        weft_stat_inc(&p->st_wakeups);
+    }
+    atomic_store(&p->sleeping, 0);
+}
+
+/* Finds a goroutine to run, sleeping in the ev loop while there is none.
+ * NULL when the engine stops. */
+static weft_g *find_runnable(weft_proc *p) {
+    weft_g *g;
+top:
+    if (stopping())
+        return NULL;
+    p->schedtick++;
+    check_timers(p);
+    if (atomic_load_explicit(&p->inboxn, memory_order_relaxed))
+        inbox_drain(p);
+    if (p->schedtick % 61 == 0 && global_nonempty() && (g = global_get(p, 1)))
+        return g;
+    if ((g = local_get(p)))
+        return g;
+    if (global_nonempty() && (g = global_get(p, 0)))
+        return g;
+
+    if (weft_S.nprocs > 1 &&
+        (p->spinning || 2 * atomic_load(&weft_S.nspinning) <
+                            weft_S.nprocs - atomic_load(&weft_S.npidle))) {
+        if (!p->spinning) {
+            p->spinning = true;
+            atomic_fetch_add(&weft_S.nspinning, 1);
+        }
+        if ((g = steal_work(p)))
+            return g;
+    }
+
+    /* Nothing to do: go idle. */
+    weft_mutex_lock(&weft_S.lock);
+    if (stopping()) {
+        weft_mutex_unlock(&weft_S.lock);
+        return NULL;
+    }
+    if (global_nonempty()) {
+        g = weft_globrunq_get(p, 0);
+        weft_mutex_unlock(&weft_S.lock);
+        if (g)
+            return g;
+        goto top;
+    }
+    p->idlelink = weft_S.idlep;
+    weft_S.idlep = p;
+    atomic_store(&p->idle, 1);
+    atomic_fetch_add(&weft_S.npidle, 1);
+    weft_mutex_unlock(&weft_S.lock);
+
+    if (p->spinning) {
+        p->spinning = false;
+        atomic_fetch_sub(&weft_S.nspinning, 1);
+        /* Re-check: work readied while we were giving up must not wait. */
+        for (int i = 0; i < weft_S.nprocs; i++) {
+            weft_proc *v = weft_S.procs[i];
+            if (v != p && !weft_runq_empty(v)) {
+                idle_remove(p);
+                p->spinning = true;
+                atomic_fetch_add(&weft_S.nspinning, 1);
+                goto top;
+            }
+        }
+    }
+    if (!global_nonempty())
+        proc_sleep(p);
+    if (atomic_exchange(&p->wakespin, 0)) {
+        p->spinning = true; /* wakep took us off the idle list and counted us */
+    } else {
+        idle_remove(p);
+    }
+    goto top;
+}
+
+static void schedule_loop(weft_proc *p) {
+    weft_g *g;
+    while ((g = find_runnable(p)))
+        execute(p, g);
+    if (p->spinning) {
+        p->spinning = false;
+        atomic_fetch_sub(&weft_S.nspinning, 1);
+    }
+}
+
+static void *proc_thread(void *arg) {
+    weft_proc *p = arg;
+    tls_proc = p;
+    weft_ctx_init_thread(&p->g0);
+    schedule_loop(p);
+    tls_proc = NULL;
+    return NULL;
+}
+
+/* ---- engine lifecycle ------------------------------------------------------ */
+
+static int env_int(const char *name, long lo, long hi, long dflt) {
+    const char *s = getenv(name);
+    if (!s || !*s)
+        return (int)dflt;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) {
+        fprintf(stderr, "weft: ignoring %s=%s (want a number from %ld to %ld)\n", name, s, lo, hi);
+        return (int)dflt;
+    }
+    return (int)v;
+}
+
+static void procs_free(void) {
+    for (int i = 0; i < weft_S.nprocs; i++) {
+        weft_proc *p = weft_S.procs ? weft_S.procs[i] : NULL;
+        if (!p)
+            continue;
+        weft_timers_teardown(p);
+        if (p->loop) {
+            ev_async_stop(p->loop, &p->wake);
+            ev_loop_destroy(p->loop);
+        }
+        free(p);
+    }
+    free(weft_S.procs);
+    weft_S.procs = NULL;
+    weft_S.nprocs = 0;
+}
+
+static int engine_init(const weft_config *cfg) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 1)
+        ncpu = 1;
+    int n = cfg && cfg->procs > 0 ? cfg->procs : env_int("WEFT_PROCS", 1, WEFT_MAX_PROCS, ncpu);
+    if (n > WEFT_MAX_PROCS)
+        n = WEFT_MAX_PROCS;
+    size_t dflt_stack = 64 * 1024;
+#if WEFT_ASAN
+    dflt_stack = 256 * 1024; /* instrumented frames are larger */
+#endif
+    size_t ss = cfg && cfg->stack_size
+                    ? cfg->stack_size
+                    : (size_t)env_int("WEFT_STACK_SIZE", 16 * 1024, 1 << 30, (long)dflt_stack);
+
+    weft_mutex_init(&weft_S.lock);
+    weft_mutex_init(&weft_S.alllock);
+    weft_S.runqhead = weft_S.runqtail = NULL;
+    atomic_store(&weft_S.runqsize, 0);
+    weft_S.idlep = NULL;
+    atomic_store(&weft_S.npidle, 0);
+    atomic_store(&weft_S.nspinning, 0);
+    weft_S.gfree = NULL;
+    weft_S.ngfree = 0;
+    atomic_store(&weft_S.ngoroutines, 0);
+    weft_S.main_g = NULL;
+    weft_S.stack_size = ss;
+    weft_S.procs = calloc((size_t)n, sizeof *weft_S.procs);
+    if (!weft_S.procs)
+        return WEFT_ENOMEM;
+    weft_S.nprocs = n;
+    uint64_t seed = (uint64_t)weft_nanotime() ^ ((uint64_t)getpid() << 32);
+    for (int i = 0; i < n; i++) {
+        weft_proc *p = calloc(1, sizeof *p);
+        if (!p)
+            goto fail;
+        weft_S.procs[i] = p;
+        p->id = i;
+        p->rng = (seed + (uint64_t)i * 0x9E3779B97F4A7C15ull) | 1;
+        weft_mutex_init(&p->inboxlock);
+        weft_mutex_init(&p->tlock);
+        p->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+        if (!p->loop)
+            goto fail;
+        ev_async_init(&p->wake, (void (*)(struct ev_loop *, ev_async *, int))nothing_cb);
+        ev_async_start(p->loop, &p->wake);
+        ev_timer_init(&p->alarm, (void (*)(struct ev_loop *, ev_timer *, int))nothing_cb, 0., 0.);
+    }
+    return WEFT_OK;
+fail:
+    procs_free();
+    return WEFT_ENOMEM;
+}
+
+static void engine_begin_stop(void) {
+    int running = WEFT_SCHED_RUNNING;
+    if (!atomic_compare_exchange_strong(&weft_S.state, &running, WEFT_SCHED_STOPPING))
+        return;
+    for (int i = 0; i < weft_S.nprocs; i++)
+        ev_async_send(weft_S.procs[i]->loop, &weft_S.procs[i]->wake);
+}
+
+/* After every processor stopped: withdraw the waits of goroutines that are
+ * still parked (channels outlive the engine), then free everything. */
+static void engine_teardown(void) {
+    for (int i = 0; i < weft_S.nprocs; i++)
+        weft_timers_teardown(weft_S.procs[i]);
+    for (size_t i = 0; i < weft_S.nallgs; i++) {
+        weft_g *g = weft_S.allgs[i];
+        for (int k = 0; k < g->nwaiting; k++)
+            weft_waiter_withdraw(&g->waiting[k]);
+        weft_ctx_destroy(&g->ctx);
+        weft_stack_free(&g->stack);
+        free(g->wbuf);
+        free(g);
+    }
+    free(weft_S.allgs);
+    weft_S.allgs = NULL;
+    weft_S.nallgs = weft_S.capallgs = 0;
+    procs_free();
+    atomic_store(&weft_S.ngoroutines, 0);
+}
+
+static int start_threads(int first) {
+    for (int i = first; i < weft_S.nprocs; i++) {
+        weft_proc *p = weft_S.procs[i];
+        if (pthread_create(&p->thread, NULL, proc_thread, p) != 0) {
+            engine_begin_stop();
+            return WEFT_ENOMEM;
+        }
+        p->has_thread = true;
+    }
+    return WEFT_OK;
+}
+
+static void join_threads(void) {
+    for (int i = 0; i < weft_S.nprocs; i++) {
+        weft_proc *p = weft_S.procs[i];
+        if (p->has_thread) {
+            pthread_join(p->thread, NULL);
+            p->has_thread = false;
+        }
+    }
+}
+
+static int engine_claim(void) {
+    int stopped = WEFT_SCHED_STOPPED;
+    return atomic_compare_exchange_strong(&weft_S.state, &stopped, WEFT_SCHED_RUNNING);
+}
+
+int weft_run(const weft_config *cfg, void (*main_fn)(void *), void *arg) {
+    if (!main_fn)
+        return WEFT_EINVAL;
+    if (weft_g_self()) {
+        main_fn(arg);
+        return WEFT_OK;
+    }
+    if (!engine_claim())
+        return WEFT_ESTATE;
+    int rc = engine_init(cfg);
+    if (rc != WEFT_OK) {
+        atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
+        return rc;
+    }
+    weft_proc *p0 = weft_S.procs[0];
+    weft_g *g = g_new(p0, WEFT_G_NATIVE, main_fn, arg);
+    if (!g) {
+        engine_teardown();
+        atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
+        return WEFT_ENOMEM;
+    }
+    weft_S.main_g = g;
+    weft_runq_put(p0, g, true);
+    rc = start_threads(1);
+    tls_proc = p0;
+    weft_ctx_init_thread(&p0->g0);
+    schedule_loop(p0);
+    tls_proc = NULL;
+    join_threads();
+    engine_teardown();
+    atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
+    return rc;
+}
+
+int weft_start(const weft_config *cfg) {
+    if (!engine_claim())
+        return WEFT_ESTATE;
+    int rc = engine_init(cfg);
+    if (rc == WEFT_OK)
+        rc = start_threads(0);
+    if (rc != WEFT_OK) {
+        engine_begin_stop();
+        if (weft_S.procs) {
+            join_threads();
+            engine_teardown();
+        }
+        atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
+    }
+    return rc;
+}
+
+int weft_stop(void) {
+    if (weft_proc_self())
+        return WEFT_ESTATE;
+    if (atomic_load(&weft_S.state) == WEFT_SCHED_STOPPED)
+        return WEFT_ESTATE;
+    engine_begin_stop();
+    join_threads();
+    engine_teardown();
+    atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
+    return WEFT_OK;
+}
+
+int weft_wait_idle(double timeout) {
+    int64_t deadline = timeout < 0 ? INT64_MAX : weft_nanotime() + (int64_t)(timeout * 1e9);
+    while (atomic_load(&weft_S.ngoroutines) > 0) {
+        if (weft_nanotime() >= deadline)
+            return 0;
+        struct timespec ts = {0, 200 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return 1;
+}
+
+/* ---- goroutine API --------------------------------------------------------- */
+
+int64_t weft_go(void (*fn)(void *), void *arg) {
+    if (!fn)
+        return WEFT_EINVAL;
+    if (atomic_load(&weft_S.state) != WEFT_SCHED_RUNNING)
+        return WEFT_ESTATE;
+    weft_proc *p = weft_proc_self();
+    weft_g *g = g_new(p, WEFT_G_NATIVE, fn, arg);
+    if (!g)
+        return WEFT_ENOMEM;
+    int64_t id = g->id;
+    if (p)
+        weft_runq_put(p, g, true);
+    else
+        weft_globrunq_put(g);
+    weft_wakep();
+    return id;
+}
+
+void weft_sleep_ns(int64_t ns) {
+    weft_g *g = weft_g_self();
+    if (!g || g->kind != WEFT_G_NATIVE)
+        return;
+    if (ns <= 0) {
+        weft_yield();
+        return;
+    }
+    weft_timer_sleep_arm(g, weft_nanotime() + ns);
+    weft_park("sleep", NULL, NULL);
+}
+
+void weft_sleep(double seconds) {
+    if (seconds != seconds) /* NaN */
+        return;
+    if (seconds > 9e9)
+        seconds = 9e9;
+    weft_sleep_ns((int64_t)(seconds * 1e9));
+}
+
+int64_t weft_id(void) {
+    weft_g *g = weft_g_self();
+    return g ? g->id : 0;
+}
+
+int64_t weft_count(void) {
+    return atomic_load_explicit(&weft_S.ngoroutines, memory_order_relaxed);
+}
+
+int weft_procs(void) {
+    return atomic_load(&weft_S.state) == WEFT_SCHED_STOPPED ? 0 : weft_S.nprocs;
+}
+
+int weft_proc_id(void) {
+    weft_proc *p = weft_proc_self();
+    return p ? p->id : -1;
+}
+
+/* ---- statistics ------------------------------------------------------------ */
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+int weft_proc_stats_get(int proc, weft_proc_stats *out) {
+    if (atomic_load(&weft_S.state) == WEFT_SCHED_STOPPED)
+        return WEFT_ESTATE;
+    if (!out || proc < 0 || proc >= weft_S.nprocs)
+        return WEFT_EINVAL;
+    weft_proc *p = weft_S.procs[proc];
+    out->switches = LOAD(p->st_switches);
+    out->steals = LOAD(p->st_steals);
+    out->stolen = LOAD(p->st_stolen);
+    out->wakeups = LOAD(p->st_wakeups);
+    out->timers_fired = LOAD(p->st_timers);
+    out->runq = weft_runq_len(p);
+    weft_mutex_lock(&p->tlock);
+    out->timers = (uint32_t)p->tlen;
+    weft_mutex_unlock(&p->tlock);
+    return WEFT_OK;
+}
+
+int weft_stats_get(weft_stats *out) {
+    if (atomic_load(&weft_S.state) == WEFT_SCHED_STOPPED)
+        return WEFT_ESTATE;
+    if (!out)
+        return WEFT_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->goroutines = weft_count();
+    out->procs = weft_S.nprocs;
+    for (int i = 0; i < weft_S.nprocs; i++) {
+        weft_proc *p = weft_S.procs[i];
+        out->switches += LOAD(p->st_switches);
+        out->steals += LOAD(p->st_steals);
+        out->stolen += LOAD(p->st_stolen);
+        out->chan_ops += LOAD(p->st_chanops);
+        out->timers_fired += LOAD(p->st_timers);
+    }
+    out->global_runq = (uint32_t)atomic_load(&weft_S.runqsize);
+    return WEFT_OK;
+}

@@ -1,0 +1,214 @@
+/*
+ * select.c — waiting on several channel operations at once.
+ *
+ * Protocol (after Go's selectgo)
+ *  1. Poll order: a uniformly random permutation of the cases with a
+ *     channel. Lock order: the same cases sorted by channel address.
+ *  2. Lock every channel in lock order (a channel named by several cases is
+ *     locked once). Walk the poll order; the first case that can proceed is
+ *     performed, all locks are dropped, and its index returned. So among
+ *     ready cases each is chosen with equal probability, and only one runs.
+ *  3. None ready: with nonblock, unlock and return -1. Otherwise queue one
+ *     waiter per case (in lock order) with is_select set, clear
+ *     g->selectdone, and park; the unlock of all channels happens after the
+ *     goroutine left its stack (proc.c).
+ *  4. A waker on any of those channels must CAS g->selectdone 0 -> 1 before
+ *     it may complete a waiter of this goroutine: exactly one waker wins,
+ *     writes the value/`success` and g->param (the winning waiter), and
+ *     readies the goroutine. Other wakers skip (and unlink) its waiters.
+ *  5. Woken, the goroutine locks all channels again, unlinks its waiters that
+ *     are still queued, unlocks, and reports the winning case.
+ *
+ * Invariants: a select performs exactly one case (selectdone goes 0 -> 1 once
+ * per wait); a case whose channel is NULL is never chosen; while parked, every
+ * waiter of the goroutine is either queued on its channel or was unlinked by
+ * a waker under that channel's lock.
+ *
+ * Lock order: channel locks in increasing address order; weft_ready() after
+ * all of them are released.
+ */
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* chan.c */
+int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake);
+void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w);
+void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w);
+
+typedef struct sel {
+    weft_case *cases;
+    int *lockorder;
+    int n; /* cases with a channel */
+} sel;
+
+static void sel_lock(const sel *s) {
+    weft_chan *prev = NULL;
+    for (int i = 0; i < s->n; i++) {
+        weft_chan *c = s->cases[s->lockorder[i]].ch;
+        if (c != prev)
+            weft_chan_lock(c);
+        prev = c;
+    }
+}
+
+static void sel_unlock(const sel *s) {
+    for (int i = s->n - 1; i >= 0; i--) {
+        weft_chan *c = s->cases[s->lockorder[i]].ch;
+        if (i == 0 || s->cases[s->lockorder[i - 1]].ch != c)
+            weft_chan_unlock(c);
+    }
+}
+
+static void sel_unlock_cb(void *arg) {
+    sel_unlock(arg);
+}
+
+/* Heap sort of case indices by channel address (no recursion, O(n log n)). */
+static void sift(const weft_case *cs, int *a, int root, int n) {
+    for (;;) {
+        int child = 2 * root + 1;
+        if (child >= n)
+            return;
+        if (child + 1 < n && (uintptr_t)cs[a[child + 1]].ch > (uintptr_t)cs[a[child]].ch)
+            child++;
+        if ((uintptr_t)cs[a[root]].ch >= (uintptr_t)cs[a[child]].ch)
+            return;
+        int t = a[root];
+        a[root] = a[child];
+        a[child] = t;
+        root = child;
+    }
+}
+
+static void sort_by_chan(const weft_case *cs, int *a, int n) {
+    for (int i = n / 2 - 1; i >= 0; i--)
+        sift(cs, a, i, n);
+    for (int end = n - 1; end > 0; end--) {
+        int t = a[0];
+        a[0] = a[end];
+        a[end] = t;
+        sift(cs, a, 0, end);
+    }
+}
+
+static int ensure_wbuf(weft_g *g, int n) {
+    if (g->wbuf_cap >= n)
+        return 0;
+    int cap = g->wbuf_cap ? g->wbuf_cap : 4;
+    while (cap < n)
+        cap *= 2;
+    weft_waiter *w = realloc(g->wbuf, (size_t)cap * sizeof *w);
+    if (!w)
+        return -1;
+    g->wbuf = w;
+    g->wbuf_cap = cap;
+    return 0;
+}
+
+int weft_select(weft_case *cases, int n, int nonblock) {
+    if (n < 0 || (n > 0 && !cases))
+        return WEFT_EINVAL;
+    for (int i = 0; i < n; i++)
+        if (cases[i].dir != WEFT_CASE_RECV && cases[i].dir != WEFT_CASE_SEND)
+            return WEFT_EINVAL;
+    weft_g *g = weft_g_self();
+    if (!nonblock && (!g || g->kind != WEFT_G_NATIVE))
+        return WEFT_ENOTG;
+
+    int small[2 * 16];
+    int *order = n <= 16 ? small : malloc(2 * (size_t)n * sizeof *order);
+    if (!order)
+        return WEFT_ENOMEM;
+    int *pollorder = order, *lockorder = order + n;
+
+    /* Random poll order over the cases that have a channel (inside-out
+     * Fisher-Yates), and the same cases in lock order. */
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (!cases[i].ch)
+            continue;
+        int j = (int)(weft_fastrand() % (uint32_t)(m + 1));
+        pollorder[m] = pollorder[j];
+        pollorder[j] = i;
+        lockorder[m] = i;
+        m++;
+    }
+    sort_by_chan(cases, lockorder, m);
+    sel s = {cases, lockorder, m};
+
+    if (m == 0) {
+        if (order != small)
+            free(order);
+        if (nonblock)
+            return -1;
+        weft_park_forever("select (no cases)");
+    }
+
+    weft_proc *p = weft_proc_self();
+    if (p)
+        weft_stat_inc(&p->st_chanops);
+    sel_lock(&s);
+    for (int k = 0; k < m; k++) {
+        int i = pollorder[k];
+        weft_waiter *wake;
+        if (weft_chan_try_case_locked(cases[i].ch, &cases[i], &wake)) {
+            sel_unlock(&s);
+            if (wake)
+                weft_ready(wake->g, true);
+            if (order != small)
+                free(order);
+            return i;
+        }
+    }
+    if (nonblock) {
+        sel_unlock(&s);
+        if (order != small)
+            free(order);
+        return -1;
+    }
+
+    if (ensure_wbuf(g, m) != 0) {
+        sel_unlock(&s);
+        if (order != small)
+            free(order);
+        return WEFT_ENOMEM;
+    }
+    atomic_store_explicit(&g->selectdone, 0, memory_order_relaxed);
+    g->param = NULL;
+    for (int k = 0; k < m; k++) {
+        int i = lockorder[k];
+        weft_waiter *w = &g->wbuf[k];
+        memset(w, 0, sizeof *w);
+        w->g = g;
+        w->is_select = true;
+        w->case_index = i;
+        if (cases[i].dir == WEFT_CASE_SEND)
+            w->val = cases[i].val;
+        weft_chan_enqueue_locked(cases[i].ch, cases[i].dir, w);
+    }
+    g->waiting = g->wbuf;
+    g->nwaiting = m;
+    weft_park("select", sel_unlock_cb, &s);
+
+    /* Woken by the waker that won; withdraw the other waiters. */
+    sel_lock(&s);
+    weft_waiter *win = g->param;
+    for (int k = 0; k < m; k++) {
+        weft_waiter *w = &g->wbuf[k];
+        if (w != win)
+            weft_chan_dequeue_locked(w->c, w->dir, w);
+    }
+    sel_unlock(&s);
+    g->nwaiting = 0;
+    int i = win->case_index;
+    cases[i].ok = win->success ? 1 : 0;
+    if (cases[i].dir == WEFT_CASE_RECV)
+        cases[i].val = win->val;
+    else if (win->success)
+        memset(&cases[i].val, 0, sizeof cases[i].val);
+    if (order != small)
+        free(order);
+    return i;
+}
