@@ -64,7 +64,7 @@ $(BUILD)/weft: engine/main.c $(BUILD)/libweft.a
 $(CTEST_BIN): $(CTEST_SRC) spec/c/ctest.h spec/c/ctest_main.c $(BUILD)/libweft.a | $(BUILD)/spec
 	$(CC) $(CFLAGS) -Ispec/c -o $@ spec/c/ctest_main.c $(CTEST_SRC) $(BUILD)/libweft.a $(LDLIBS_ENGINE)
 $(BUILD)/spec/ctx_check: spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) engine/ctx.h | $(BUILD)/spec
-	$(CC) $(CFLAGS) -o $@ spec/c/ctx_check.c engine/ctx.c $(CTX_ASM)
+	$(CC) $(CFLAGS) -o $@ spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) $(LDLIBS_ENGINE)
 
 ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check
 	$(BUILD)/spec/ctx_check

@@ -58,7 +58,12 @@ enum { DIR_RECV = WEFT_CASE_RECV, DIR_SEND = WEFT_CASE_SEND };
 
 /* ---- waiter queues --------------------------------------------------------- */
 
-static void waitq_enqueue(weft_waitq *q, weft_waiter *w) {
+/* A queued waiter holds a reference on its channel, so a channel is never
+ * freed under a parked goroutine; whoever unlinks the waiter (always while
+ * holding another reference, so never the last) drops it and clears w->c. */
+static void waitq_enqueue(weft_chan *c, weft_waitq *q, weft_waiter *w) {
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    w->c = c;
     w->next = NULL;
     w->prev = q->last;
     if (q->last)
@@ -70,6 +75,8 @@ static void waitq_enqueue(weft_waitq *q, weft_waiter *w) {
 }
 
 static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
+    atomic_fetch_sub_explicit(&w->c->refs, 1, memory_order_relaxed);
+    w->c = NULL;
     if (w->prev)
         w->prev->next = w->next;
     else
@@ -306,9 +313,8 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
 
 /* Queues w on c for direction dir (lock held). */
 void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w) {
-    w->c = c;
     w->dir = dir;
-    waitq_enqueue(queue_of(c, dir), w);
+    waitq_enqueue(c, queue_of(c, dir), w);
 }
 
 /* Unlinks w if it is still queued (lock held). */
@@ -317,15 +323,17 @@ void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w) {
         waitq_unlink(queue_of(c, dir), w);
 }
 
+/* Teardown (single-threaded): unlinks a waiter still queued, dropping its
+ * reference properly since it may be the channel's last. */
 void weft_waiter_withdraw(weft_waiter *w) {
     weft_chan *c = w->c;
-    if (!c)
+    if (!c || !w->queued)
         return;
+    weft_chan_retain(c);
     weft_mutex_lock(&c->lock);
-    if (w->queued)
-        waitq_unlink(queue_of(c, w->dir), w);
+    waitq_unlink(queue_of(c, w->dir), w);
     weft_mutex_unlock(&c->lock);
-    w->c = NULL;
+    weft_chan_release(c);
 }
 
 /* ---- public operations ----------------------------------------------------- */
@@ -360,7 +368,6 @@ int weft_chan_send(weft_chan *c, weft_val v) {
     g->nwaiting = 1;
     weft_park("chan send", unlock_cb, c);
     g->nwaiting = 0;
-    w->c = NULL;
     return w->success ? WEFT_OK : WEFT_ECLOSED;
 }
 
@@ -387,7 +394,6 @@ int weft_chan_recv(weft_chan *c, weft_val *out) {
     g->nwaiting = 1;
     weft_park("chan receive", unlock_cb, c);
     g->nwaiting = 0;
-    w->c = NULL;
     *out = w->val;
     return w->success ? 1 : 0;
 }

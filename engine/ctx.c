@@ -20,10 +20,21 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
+/* A reused stack may still carry ASAN's poisoned redzones from the frames
+ * of the goroutine that died on it (its last switch never returned). */
+static void unpoison(weft_ctx *ctx) {
+#if WEFT_ASAN
+    __asan_unpoison_memory_region(ctx->stack_lo, ctx->stack_size);
+#else
+    (void)ctx;
+#endif
+}
+
 #if defined(__x86_64__)
 void weft_ctx_trampoline(void);
 
 void weft_ctx_init(weft_ctx *ctx, void (*entry)(void *), void *arg) {
+    unpoison(ctx);
     uintptr_t top = ((uintptr_t)ctx->stack_lo + ctx->stack_size) & ~(uintptr_t)15;
     uint64_t *frame = (uint64_t *)(top - 64); /* see ctx_x86_64.S for the layout */
     uint32_t mxcsr = 0x1F80;                  /* all exceptions masked, round to nearest */
@@ -40,6 +51,7 @@ void weft_ctx_init(weft_ctx *ctx, void (*entry)(void *), void *arg) {
 void weft_ctx_trampoline(void);
 
 void weft_ctx_init(weft_ctx *ctx, void (*entry)(void *), void *arg) {
+    unpoison(ctx);
     /* See ctx_aarch64.S for the layout: 176 bytes, x19.. first. */
     uintptr_t top = ((uintptr_t)ctx->stack_lo + ctx->stack_size) & ~(uintptr_t)15;
     uint64_t *frame = (uint64_t *)(top - 176);

@@ -197,8 +197,8 @@ int weft_select(weft_case *cases, int n, int nonblock) {
     weft_waiter *win = g->param;
     for (int k = 0; k < m; k++) {
         weft_waiter *w = &g->wbuf[k];
-        if (w != win)
-            weft_chan_dequeue_locked(w->c, w->dir, w);
+        if (w != win && w->queued)
+            weft_chan_dequeue_locked(cases[w->case_index].ch, w->dir, w);
     }
     sel_unlock(&s);
     g->nwaiting = 0;

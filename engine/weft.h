@@ -217,6 +217,22 @@ typedef struct weft_case {
     int ok;        /* out: recv 1 value / 0 closed; send 1 sent / 0 channel closed */
 } weft_case;
 
+static inline weft_case weft_case_recv(weft_chan *ch) {
+    weft_case c;
+    memset(&c, 0, sizeof c);
+    c.ch = ch;
+    c.dir = WEFT_CASE_RECV;
+    return c;
+}
+static inline weft_case weft_case_send(weft_chan *ch, weft_val v) {
+    weft_case c;
+    memset(&c, 0, sizeof c);
+    c.ch = ch;
+    c.dir = WEFT_CASE_SEND;
+    c.val = v;
+    return c;
+}
+
 /* Waits until one case can proceed and performs it (only that one). Among
  * ready cases one is chosen uniformly at random. Returns its index; with
  * nonblock, returns -1 when none is ready. n == 0 without nonblock blocks

@@ -65,7 +65,7 @@ static atomic_int spin_done;
 static void busy_child(void *arg) {
     (void)arg;
     volatile double x = 0;
-    for (int i = 0; i < 20000; i++)
+    for (int i = 0; i < 200000; i++)
         x += sqrt((double)i);
     int p = weft_proc_id();
     atomic_fetch_add(&many.ran_on[p], 1);
@@ -75,11 +75,12 @@ static void busy_child(void *arg) {
 static void steal_main(void *arg) {
     (void)arg;
     atomic_store(&spin_done, 0);
-    /* All goroutines are created on this processor; the other one can only
-     * get them by stealing. */
-    for (int i = 0; i < 2000; i++)
+    /* All goroutines are created on this processor, fewer than its ring
+     * holds (so none spills to the global queue): the other processor can
+     * only get them by stealing. */
+    for (int i = 0; i < 200; i++)
         weft_go(busy_child, NULL);
-    while (atomic_load(&spin_done) < 2000)
+    while (atomic_load(&spin_done) < 200)
         weft_yield();
     weft_stats st;
     CHECK_EQ(weft_stats_get(&st), WEFT_OK);
@@ -95,7 +96,7 @@ static void test_work_stealing(void) {
     ctest_run(2, steal_main, NULL);
     CHECKF(atomic_load(&many.ran_on[0]) > 0, "on p0: %d", atomic_load(&many.ran_on[0]));
     CHECKF(atomic_load(&many.ran_on[1]) > 0, "on p1: %d", atomic_load(&many.ran_on[1]));
-    CHECK_EQ(atomic_load(&many.ran_on[0]) + atomic_load(&many.ran_on[1]), 2000);
+    CHECK_EQ(atomic_load(&many.ran_on[0]) + atomic_load(&many.ran_on[1]), 200);
 }
 
 /* ---- yield interleaves ----------------------------------------------------- */
@@ -134,7 +135,10 @@ static void test_yield(void) {
 
 /* ---- ids, counts, restarts -------------------------------------------------- */
 
+static weft_chan *gate;
 static void close_it(void *c) {
+    weft_val v;
+    weft_chan_recv(gate, &v); /* held until main has counted */
     weft_chan_close(c);
 }
 
@@ -145,10 +149,13 @@ static void ids_main(void *arg) {
     CHECK_EQ(weft_procs(), procs);
     CHECK(weft_proc_id() >= 0 && weft_proc_id() < procs);
     weft_chan *c = weft_chan_new(0);
-    weft_go(close_it, c); /* runs once main parks */
+    gate = weft_chan_new(0);
+    weft_go(close_it, c);
     CHECK_EQ(weft_count(), 2);
+    weft_chan_close(gate);
     weft_val v;
     CHECK_EQ(weft_chan_recv(c, &v), 0);
+    weft_chan_release(gate);
     weft_chan_release(c);
 }
 

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# bench/run.sh — runs every benchmark of bench/benchmarks.txt under weft and
+# under Go and prints the medians side by side.
+#
+#   bash bench/run.sh            (normally via `make bench`, which first
+#                                 builds the C benchmarks with bench/bench.mk)
+#
+# bench/benchmarks.txt has one benchmark a line,
+#   name<TAB>weft command<TAB>go command
+# with blank lines and #-comments ignored. Commands are run with bash from
+# the repository root, with BUILD (the build directory, default "build")
+# exported so that they can say "$BUILD/bench/x", and must print a line
+# "<name> <ns_per_op>" on stdout (the last line of that shape is used). A command that exits non-zero, times
+# out or prints no such line makes its row FAILED.
+#
+# Environment:
+#   BENCH_RUNS     runs of each command (default 5), weft and Go alternating
+#   BENCH_PROCS    WEFT_PROCS and GOMAXPROCS for every run (default 2)
+#   BENCH_TIMEOUT  seconds before a single run is killed (default 120)
+#   BENCH_ONLY     if set, a regular expression: only benchmarks whose name
+#                  matches it are run
+#   BENCH_TABLE    the table to run (default bench/benchmarks.txt)
+#   BUILD          build directory (default build)
+#
+# Exits 0 if every benchmark ran on both sides, non-zero otherwise.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BUILD=${BUILD:-build}
+export BUILD
+RUNS=${BENCH_RUNS:-5}
+PROCS=${BENCH_PROCS:-2}
+TIMEOUT=${BENCH_TIMEOUT:-120}
+ONLY=${BENCH_ONLY:-}
+TABLE=${BENCH_TABLE:-bench/benchmarks.txt}
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer, not '$RUNS'"
+[[ $PROCS =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROCS must be a positive integer, not '$PROCS'"
+[[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "BENCH_TIMEOUT must be a positive integer, not '$TIMEOUT'"
+[[ -f $TABLE ]] || die "$TABLE not found"
+
+if ! command -v go >/dev/null 2>&1; then
+    echo "bench: the Go toolchain is needed for the Go twins; install it with:" >&2
+    echo "    sudo apt-get install golang-go" >&2
+    exit 1
+fi
+
+# ---- build the Go twins (offline, caches under $BUILD) ----------------------
+case $BUILD in /*) BUILD_ABS=$BUILD ;; *) BUILD_ABS=$ROOT/$BUILD ;; esac
+GOOUT=$BUILD_ABS/bench/go
+mkdir -p "$GOOUT" "$BUILD_ABS/go/cache" "$BUILD_ABS/go/path"
+export GOCACHE="$BUILD_ABS/go/cache"
+export GOPATH="$BUILD_ABS/go/path"
+export GOMODCACHE="$GOPATH/pkg/mod"
+# bench/go is a module with no dependencies: nothing is ever downloaded.
+export GO111MODULE=on GOPROXY=off GOSUMDB=off GOFLAGS='' GOWORK=off GOTOOLCHAIN=local
+
+for dir in bench/go/*/; do
+    name=$(basename "$dir")
+    [[ -f $dir/main.go ]] || continue
+    if ! (cd bench/go && go build -trimpath -buildvcs=false -o "$GOOUT/$name" "./$name"); then
+        die "go build of bench/go/$name failed"
+    fi
+done
+
+# ---- helpers ------------------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+have_timeout=0
+command -v timeout >/dev/null 2>&1 && have_timeout=1
+
+# run_one CMD: runs CMD once; prints its ns/op, or returns non-zero after
+# reporting on stderr why there is none.
+run_one() {
+    local cmd=$1 rc=0 ns
+    if ((have_timeout)); then
+        timeout -k 5 "$TIMEOUT" bash -c "$cmd" >"$TMP/out" 2>"$TMP/err" </dev/null || rc=$?
+    else
+        bash -c "$cmd" >"$TMP/out" 2>"$TMP/err" </dev/null || rc=$?
+    fi
+    if ((rc != 0)); then
+        if ((rc == 124)); then
+            echo "    '$cmd' timed out after ${TIMEOUT}s" >&2
+        else
+            echo "    '$cmd' exited with status $rc" >&2
+        fi
+        sed -n '1,10s/^/      | /p' "$TMP/err" >&2
+        return 1
+    fi
+    ns=$(grep -E '^[^[:space:]]+ [0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$' "$TMP/out" | tail -n 1 |
+        awk '{print $2}') || true
+    if [[ -z $ns ]]; then
+        echo "    '$cmd' printed no '<name> <ns_per_op>' line" >&2
+        sed -n '1,10s/^/      | /p' "$TMP/out" "$TMP/err" >&2
+        return 1
+    fi
+    echo "$ns"
+}
+
+# median of the numbers given as arguments
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR % 2) printf "%.1f", v[(NR + 1) / 2];
+              else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ---- header -------------------------------------------------------------------
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+[[ -n $cpu ]] || cpu=$(awk -F': *' '/^(Hardware|Processor|cpu model)/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+[[ -n $cpu ]] || cpu=unknown
+echo "weft benchmarks: $(date '+%Y-%m-%d %H:%M:%S %Z') | $(uname -m), nproc $(nproc), CPU: $cpu | $(go version | awk '{print $3}') | procs $PROCS, $RUNS runs each"
+
+export WEFT_PROCS=$PROCS GOMAXPROCS=$PROCS
+
+# ---- run ----------------------------------------------------------------------
+names=() weft_med=() go_med=() row_ratio=() ratios=()
+comment_re='^[[:space:]]*(#|$)'
+any_failed=0
+lineno=0
+while IFS= read -r line || [[ -n $line ]]; do
+    lineno=$((lineno + 1))
+    line=${line%$'\r'}
+    [[ $line =~ $comment_re ]] && continue
+    IFS=$'\t' read -r name wcmd gcmd extra <<<"$line" || true
+    if [[ -z $name || -z ${wcmd:-} || -z ${gcmd:-} || -n ${extra:-} ]]; then
+        die "$TABLE:$lineno: want 'name<TAB>weft command<TAB>go command'"
+    fi
+    if [[ -n $ONLY ]] && ! [[ $name =~ $ONLY ]]; then
+        continue
+    fi
+
+    echo "  $name ..." >&2
+    wv=() gv=() wfail=0 gfail=0
+    for ((r = 1; r <= RUNS; r++)); do
+        if ((!wfail)); then
+            if ns=$(run_one "$wcmd"); then wv+=("$ns"); else wfail=1; fi
+        fi
+        if ((!gfail)); then
+            if ns=$(run_one "$gcmd"); then gv+=("$ns"); else gfail=1; fi
+        fi
+        ((wfail && gfail)) && break
+    done
+
+    w=FAILED g=FAILED ratio=FAILED
+    ((wfail)) || w=$(median "${wv[@]}")
+    ((gfail)) || g=$(median "${gv[@]}")
+    if ((wfail || gfail)); then
+        any_failed=1
+    else
+        echo "    weft: ${wv[*]}   go: ${gv[*]}" >&2
+        # exact ratio of the medians for the summary, two decimals for the table
+        exact=$(awk -v a="$w" -v b="$g" 'BEGIN { if (a > 0 && b > 0) printf "%.6g", a / b; else print "n/a" }')
+        if [[ $exact == n/a ]]; then
+            ratio=n/a
+        else
+            ratio=$(awk -v x="$exact" 'BEGIN { printf "%.2fx", x }')
+            ratios+=("$exact")
+        fi
+    fi
+    names+=("$name") weft_med+=("$w") go_med+=("$g")
+    row_ratio+=("$ratio")
+done <"$TABLE"
+
+# ---- table --------------------------------------------------------------------
+w0=9
+for n in "${names[@]}"; do ((${#n} > w0)) && w0=${#n}; done
+printf "%-${w0}s  %16s  %16s  %12s\n" benchmark "weft ns/op (med)" "Go ns/op (med)" "weft/Go"
+printf "%-${w0}s  %16s  %16s  %12s\n" "$(printf '%*s' "$w0" '' | tr ' ' -)" \
+    ---------------- ---------------- ------------
+for i in "${!names[@]}"; do
+    printf "%-${w0}s  %16s  %16s  %12s\n" "${names[$i]}" "${weft_med[$i]}" "${go_med[$i]}" "${row_ratio[$i]}"
+done
+
+total=${#names[@]}
+ok=${#ratios[@]}
+if ((ok > 0)); then
+    printf '%s\n' "${ratios[@]}" | awk -v total="$total" -v ok="$ok" '
+        { if ($1 <= 1.0) at_or_below++; s += log($1) }
+        END { printf "summary: %d of %d benchmarks at or below 1.0x Go; geometric mean weft/Go %.2fx", at_or_below, ok, exp(s / ok)
+              if (total > ok) printf "; %d of %d without a ratio (FAILED)", total - ok, total
+              printf "\n" }'
+else
+    echo "summary: no benchmark completed on both sides ($total listed)"
+fi
+
+if ((total == 0)); then
+    die "no benchmarks selected from $TABLE"
+fi
+exit $any_failed
