@@ -84,7 +84,6 @@ struct weft_timer {
     void *arg;
     _Atomic(weft_proc *) p;       /* heap it is in, NULL if none (that heap's lock) */
     int idx;                      /* index in p's heap (p->tlock) */
-    struct weft_timer *firelink;  /* list of timers being fired by run_timers */
 };
 
 typedef struct weft_theap_ent {
@@ -137,7 +136,8 @@ struct weft_proc {
     ev_async wake;   /* other threads wake a sleeping processor with this */
     ev_timer alarm;  /* armed for the earliest timer before sleeping */
     weft_ctx g0;     /* the scheduler context (the thread's own stack) */
-    weft_g *curg;
+    weft_g *curg;    /* owner only */
+    atomic_int running; /* running a goroutine now (read by thieves) */
 
     /* Local run queue (runq.c): the owner puts at the tail, anyone takes at
      * the head (owner gets, thieves steal half). */
@@ -196,7 +196,7 @@ typedef struct weft_sched {
     atomic_int npidle;
     atomic_int nspinning;
     weft_g *gfree;
-    int ngfree;
+    atomic_int ngfree; /* written under lock, peeked without */
 
     weft_mutex alllock; /* allgs: every goroutine struct ever made (for teardown, dumps) */
     weft_g **allgs;

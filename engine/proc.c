@@ -157,7 +157,7 @@ static weft_g *g_alloc_struct(void) {
 /* A free goroutine struct: the processor's list, else a batch from the
  * global list, else a new one. */
 static weft_g *g_get(weft_proc *p) {
-    if (p && !p->gfree && weft_S.ngfree) {
+    if (p && !p->gfree && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
         weft_mutex_lock(&weft_S.lock);
         while (p->ngfree < 32 && weft_S.gfree) {
             weft_g *g = weft_S.gfree;
@@ -175,7 +175,7 @@ static weft_g *g_get(weft_proc *p) {
         p->ngfree--;
         return g;
     }
-    if (!p && weft_S.ngfree) {
+    if (!p && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
         weft_g *g = NULL;
         weft_mutex_lock(&weft_S.lock);
         if (weft_S.gfree) {
@@ -430,15 +430,18 @@ static void execute(weft_proc *p, weft_g *g) {
     if (p->spinning)
         reset_spinning(p);
     p->curg = g;
+    atomic_store_explicit(&p->running, 1, memory_order_relaxed);
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
     weft_stat_inc(&p->st_switches);
     if (g->kind == WEFT_G_NATIVE) {
         weft_ctx_switch(&p->g0, &g->ctx, 0);
         p->curg = NULL;
+        atomic_store_explicit(&p->running, 0, memory_order_relaxed);
         after_switch(p, g);
     } else {
         /* Hosted goroutines arrive with the Lua binding. */
         p->curg = NULL;
+        atomic_store_explicit(&p->running, 0, memory_order_relaxed);
     }
 }
 

@@ -120,7 +120,7 @@ static uint32_t runq_grab(weft_proc *victim, _Atomic(weft_g *) *batch, uint32_t 
             /* The victim is probably about to run it (a goroutine that just
              * readied another and is parking): give it a moment, as Go
              * does, so a ping-pong pair is not torn across processors. */
-            if (victim->curg) {
+            if (atomic_load_explicit(&victim->running, memory_order_relaxed)) {
                 for (int i = 0; i < 1000; i++) {
                     cpu_relax();
                     if (atomic_load_explicit(&victim->runnext, memory_order_relaxed) != next)

@@ -92,7 +92,9 @@ static void heap_remove_at(weft_proc *p, int i) {
         sift_up(p, i);
     }
     t->idx = -1;
-    atomic_store_explicit(&t->p, NULL, memory_order_relaxed);
+    /* Release: whoever sees t->p == NULL (acquire, in heap_unlink) may then
+     * add t to another heap and write t->idx under that heap's lock. */
+    atomic_store_explicit(&t->p, NULL, memory_order_release);
 }
 
 static void timer_retain(weft_timer *t) {
@@ -150,11 +152,11 @@ static int heap_add(weft_timer *t, int64_t when) {
 /* Removes t from whatever heap holds it. 1 if it was in one. */
 static int heap_unlink(weft_timer *t) {
     for (;;) {
-        weft_proc *p = atomic_load_explicit(&t->p, memory_order_relaxed);
+        weft_proc *p = atomic_load_explicit(&t->p, memory_order_acquire);
         if (!p)
             return 0;
         weft_mutex_lock(&p->tlock);
-        if (atomic_load_explicit(&t->p, memory_order_relaxed) == p) {
+        if (atomic_load_explicit(&t->p, memory_order_acquire) == p) {
             heap_remove_at(p, t->idx);
             update_timer0(p);
             weft_mutex_unlock(&p->tlock);
@@ -205,27 +207,29 @@ static void deliver(weft_timer *t, int64_t now) {
 }
 
 void weft_timers_run(weft_proc *p, int64_t now) {
-    weft_timer *fire = NULL, **tail = &fire;
-    int n = 0;
-    weft_mutex_lock(&p->tlock);
-    while (p->tlen > 0 && p->theap[0].when <= now) {
-        weft_timer *t = p->theap[0].t;
-        heap_remove_at(p, 0);
-        t->firelink = NULL;
-        *tail = t;
-        tail = &t->firelink;
-        n++;
+    /* Popped timers are collected in a local batch, not linked through the
+     * timer: a timer being fired here may meanwhile be reset into another
+     * processor's heap and fired there too. */
+    enum { BATCH = 64 };
+    weft_timer *fire[BATCH];
+    for (;;) {
+        int n = 0;
+        weft_mutex_lock(&p->tlock);
+        while (n < BATCH && p->tlen > 0 && p->theap[0].when <= now) {
+            fire[n++] = p->theap[0].t;
+            heap_remove_at(p, 0);
+        }
+        update_timer0(p);
+        bool more = p->tlen > 0 && p->theap[0].when <= now;
+        weft_mutex_unlock(&p->tlock);
+        for (int i = 0; i < n; i++) {
+            deliver(fire[i], now);
+            timer_release(fire[i]); /* the popped entry's reference */
+            weft_stat_inc(&p->st_timers);
+        }
+        if (!more)
+            return;
     }
-    update_timer0(p);
-    weft_mutex_unlock(&p->tlock);
-    while (fire) {
-        weft_timer *t = fire;
-        fire = t->firelink;
-        deliver(t, now);
-        timer_release(t); /* the popped entry's reference */
-        weft_stat_inc(&p->st_timers);
-    }
-    (void)n;
 }
 
 void weft_timers_teardown(weft_proc *p) {
@@ -234,7 +238,7 @@ void weft_timers_teardown(weft_proc *p) {
     weft_theap_ent *h = p->theap;
     for (int i = 0; i < n; i++) {
         h[i].t->idx = -1;
-        atomic_store_explicit(&h[i].t->p, NULL, memory_order_relaxed);
+        atomic_store_explicit(&h[i].t->p, NULL, memory_order_release);
     }
     p->theap = NULL;
     p->tlen = p->tcap = 0;

@@ -57,8 +57,10 @@ double ctest_scale(void) {
     const char *s = getenv("CTEST_SCALE");
     if (s && *s)
         return atof(s);
-#if WEFT_ASAN || WEFT_TSAN
+#if WEFT_TSAN
     return 0.2;
+#elif WEFT_ASAN
+    return 0.5;
 #else
     return 1.0;
 #endif
