@@ -15,8 +15,11 @@ CFLAGS  ?= $(OPT)
 CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE -fPIC -Iengine
 LDLIBS_ENGINE ?= -lev -lpthread -lm
 
-DEBIAN_PACKAGES := luajit libluajit-5.1-dev libev-dev lua-lpeg lua-busted luarocks
-DEBIAN_CHECK    := /usr/include/ev.h /usr/include/luajit-2.1/lua.h /usr/bin/luajit /usr/bin/busted
+# Everything comes from Debian packages; `make deps` (run by the build)
+# installs what is missing when root, else prints the apt-get command.
+DEBIAN_PACKAGES := build-essential libev-dev luajit libluajit-5.1-dev lua-lpeg lua-busted luarocks
+BENCH_PACKAGES  := golang-go
+SAN_PACKAGES    := clang libclang-rt-dev
 
 ARCH := $(shell uname -m)
 ifeq ($(ARCH),aarch64)
@@ -33,25 +36,23 @@ ENGINE_HDR := $(wildcard engine/*.h)
 CTEST_SRC  := $(wildcard spec/c/test_*.c)
 CTEST_BIN  := $(BUILD)/spec/ctest
 
-.PHONY: all test ctest asan tsan soak bench deps clean check-aarch64
-all: $(BUILD)/libweft.a $(BUILD)/libweft.so $(BUILD)/weft
+.PHONY: all test ctest asan tsan soak bench deps deps-bench deps-san clean check-aarch64
+all: $(BUILD)/libweft.a $(BUILD)/libweft.so $(BUILD)/weft $(BUILD)/examples/c_pipeline
 
 deps:
-	@missing=""; for f in $(DEBIAN_CHECK); do [ -e $$f ] || missing=yes; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing: $(DEBIAN_PACKAGES)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); \
-	  else \
-	    echo "missing Debian packages; run: sudo apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; \
-	  fi; \
-	fi
+	@bash scripts/deps.sh $(DEBIAN_PACKAGES)
+deps-bench:
+	@bash scripts/deps.sh $(BENCH_PACKAGES)
+deps-san:
+	@bash scripts/deps.sh $(SAN_PACKAGES)
 
 $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HDR) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
 $(BUILD)/obj/ctx_asm.o: $(CTX_ASM) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/obj $(BUILD)/spec:
+$(BUILD)/obj: | deps
+	mkdir -p $@
+$(BUILD)/spec:
 	mkdir -p $@
 
 $(BUILD)/libweft.a: $(ENGINE_OBJ)
@@ -60,6 +61,10 @@ $(BUILD)/libweft.so: $(ENGINE_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS_ENGINE)
 $(BUILD)/weft: engine/main.c $(BUILD)/libweft.a
 	$(CC) $(CFLAGS) -o $@ engine/main.c $(BUILD)/libweft.a $(LDLIBS_ENGINE)
+
+$(BUILD)/examples/c_pipeline: examples/c_pipeline.c $(BUILD)/libweft.a engine/weft.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libweft.a $(LDLIBS_ENGINE)
 
 $(CTEST_BIN): $(CTEST_SRC) spec/c/ctest.h spec/c/ctest_main.c $(BUILD)/libweft.a | $(BUILD)/spec
 	$(CC) $(CFLAGS) -Ispec/c -o $@ spec/c/ctest_main.c $(CTEST_SRC) $(BUILD)/libweft.a $(LDLIBS_ENGINE)
@@ -73,10 +78,10 @@ ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check
 test: all ctest
 
 # Sanitizer builds live in their own build directories.
-asan:
+asan: deps-san
 	$(MAKE) BUILD=build/asan CC=clang OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDLIBS_ENGINE="-fsanitize=address,undefined -lev -lpthread -lm" ctest
-tsan:
+tsan: deps-san
 	$(MAKE) BUILD=build/tsan CC=clang OPT="-O1 -g -fsanitize=thread" \
 	  LDLIBS_ENGINE="-fsanitize=thread -lev -lpthread -lm" ctest
 

@@ -32,7 +32,7 @@ $(BENCH_C_BINS): $(BUILD)/bench/%: bench/c/%.c $(BENCH_C_HDRS) engine/weft.h $(W
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Iengine -o $@ $< $(WEFT_LIB) $(LDFLAGS) $(LDLIBS_ENGINE)
 
-bench: bench-c
+bench: deps-bench bench-c
 	BUILD='$(BUILD)' bash bench/run.sh
 
 .DEFAULT_GOAL := $(bench_saved_default_goal)

@@ -28,7 +28,10 @@
  *    of the busy Ps are spinning. nspinning counts spinning Ps.
  *  - wakep() wakes an idle P (one sleeping in its ev loop) only when there is
  *    no spinning P already; the woken P starts out spinning (nspinning was
- *    incremented for it by the waker: no thundering herd).
+ *    incremented for it by the waker: no thundering herd). That credit is
+ *    handed over under sched.lock with the removal from the idle list, and
+ *    every way off the idle list (idle_leave) collects it, so nspinning never
+ *    counts a P that is not spinning.
  *  - A spinning P that finds work stops spinning and, if it was the last
  *    spinner, calls wakep() so that new work keeps finding hands.
  *  - A P going idle puts itself on the idle list, and if it was spinning
@@ -315,6 +318,11 @@ static void inbox_drain(weft_proc *p) {
 }
 
 void weft_wakep(void) {
+    /* Dekker with a spinner giving up: it decrements nspinning (a full
+     * barrier) and then re-checks every run queue; we published work and now
+     * read the counts. Without this fence our earlier store could become
+     * visible after these loads, and both sides would miss each other. */
+    atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load(&weft_S.npidle) == 0)
         return;
     int zero = 0;
@@ -324,17 +332,19 @@ void weft_wakep(void) {
     weft_mutex_lock(&weft_S.lock);
     weft_proc *p = weft_S.idlep;
     if (p) {
+        /* The spinning credit travels with the removal from the idle list,
+         * under the same lock: idle_leave() always collects it. */
         weft_S.idlep = p->idlelink;
         p->idlelink = NULL;
         atomic_store(&p->idle, 0);
         atomic_fetch_sub(&weft_S.npidle, 1);
+        atomic_store(&p->wakespin, 1);
     }
     weft_mutex_unlock(&weft_S.lock);
     if (!p) {
         atomic_fetch_sub(&weft_S.nspinning, 1);
         return;
     }
-    atomic_store(&p->wakespin, 1);
     ev_async_send(p->loop, &p->wake);
 }
 
@@ -502,7 +512,10 @@ static weft_g *steal_work(weft_proc *p) {
     return NULL;
 }
 
-static void idle_remove(weft_proc *p) {
+/* Takes p off the idle list if it is still there. Returns true if wakep()
+ * took it off instead and counted it as spinning: the caller then owns that
+ * spinning credit. */
+static bool idle_leave(weft_proc *p) {
     weft_mutex_lock(&weft_S.lock);
     if (atomic_load(&p->idle)) {
         weft_proc **pp = &weft_S.idlep;
@@ -516,6 +529,7 @@ static void idle_remove(weft_proc *p) {
         atomic_store(&p->idle, 0);
     }
     weft_mutex_unlock(&weft_S.lock);
+    return atomic_exchange(&p->wakespin, 0) != 0;
 }
 
 static bool stopping(void) {
@@ -595,20 +609,17 @@ top:
         for (int i = 0; i < weft_S.nprocs; i++) {
             weft_proc *v = weft_S.procs[i];
             if (v != p && !weft_runq_empty(v)) {
-                idle_remove(p);
+                if (!idle_leave(p))
+                    atomic_fetch_add(&weft_S.nspinning, 1);
                 p->spinning = true;
-                atomic_fetch_add(&weft_S.nspinning, 1);
                 goto top;
             }
         }
     }
     if (!global_nonempty())
         proc_sleep(p);
-    if (atomic_exchange(&p->wakespin, 0)) {
-        p->spinning = true; /* wakep took us off the idle list and counted us */
-    } else {
-        idle_remove(p);
-    }
+    if (idle_leave(p))
+        p->spinning = true; /* wakep woke us and counted us as spinning */
     goto top;
 }
 
@@ -945,5 +956,7 @@ int weft_stats_get(weft_stats *out) {
         out->timers_fired += LOAD(p->st_timers);
     }
     out->global_runq = (uint32_t)atomic_load(&weft_S.runqsize);
+    out->idle_procs = atomic_load(&weft_S.npidle);
+    out->spinning = atomic_load(&weft_S.nspinning);
     return WEFT_OK;
 }

@@ -283,6 +283,8 @@ typedef struct weft_proc_stats {
 typedef struct weft_stats {
     int64_t goroutines;
     int procs;
+    int idle_procs; /* processors sleeping in their loop with nothing to run */
+    int spinning;   /* processors looking for work to steal */
     uint64_t switches, steals, stolen, chan_ops, timers_fired;
     uint32_t global_runq;
 } weft_stats;
