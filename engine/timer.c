@@ -223,8 +223,13 @@ void weft_timers_run(weft_proc *p, int64_t now) {
         bool more = p->tlen > 0 && p->theap[0].when <= now;
         weft_mutex_unlock(&p->tlock);
         for (int i = 0; i < n; i++) {
+            /* A sleep timer belongs to its goroutine, which deliver() readies:
+             * it may be running (and sleeping again) elsewhere at once, so the
+             * timer is not touched after delivery. */
+            bool sleep = fire[i]->kind == WEFT_TIMER_SLEEP;
             deliver(fire[i], now);
-            timer_release(fire[i]); /* the popped entry's reference */
+            if (!sleep)
+                timer_release(fire[i]); /* the popped entry's reference */
             weft_stat_inc(&p->st_timers);
         }
         if (!more)
@@ -313,8 +318,8 @@ weft_timer *weft_timer_new(double seconds) {
 }
 
 weft_timer *weft_ticker_new(double period) {
-    if (!(period > 0))
-        return NULL;
+    if (to_ns(period) <= 0)
+        return NULL; /* also a positive period that rounds to 0 ns */
     return timer_new(WEFT_TIMER_TICKER, period, period);
 }
 
@@ -383,8 +388,8 @@ int weft_timer_reset(weft_timer *t, double seconds) {
     heap_unlink(t);
     drain(t);
     if (t->kind == WEFT_TIMER_TICKER) {
-        if (seconds > 0)
-            t->period = to_ns(seconds);
+        if (to_ns(seconds) > 0)
+            t->period = to_ns(seconds); /* else the period stays */
         t->when = weft_nanotime() + t->period;
     } else {
         t->when = weft_nanotime() + to_ns(seconds);

@@ -248,7 +248,7 @@ typedef struct weft_timer weft_timer;
  * to weft_timer_chan(t), a channel of capacity 1. */
 weft_timer *weft_timer_new(double seconds);
 /* Ticker: every `period` seconds; a tick is dropped, not queued, when the
- * receiver has not taken the previous one. */
+ * receiver has not taken the previous one. NULL unless period >= 1 ns. */
 weft_timer *weft_ticker_new(double period);
 /* After `seconds`, runs fn(arg) in a new native goroutine. No channel. */
 weft_timer *weft_after_func(double seconds, void (*fn)(void *), void *arg);
@@ -258,8 +258,9 @@ weft_chan *weft_timer_chan(weft_timer *t);
  * already fired or been stopped. Afterwards no stale value is received from
  * its channel. */
 int weft_timer_stop(weft_timer *t);
-/* Re-arms the timer (a ticker takes `seconds` as its new period); same
- * result as stop; no value from before the reset is received after it. */
+/* Re-arms the timer (a ticker takes `seconds` as its new period, or keeps
+ * its period if `seconds` is under 1 ns); same result as stop; no value from
+ * before the reset is received after it. */
 int weft_timer_reset(weft_timer *t, double seconds);
 /* Stops the timer and drops the caller's reference. */
 void weft_timer_free(weft_timer *t);
