@@ -344,46 +344,44 @@ static void waiter_init(weft_waiter *w, weft_g *g) {
     w->case_index = -1;
 }
 
-int weft_chan_send(weft_chan *c, weft_val v) {
-    weft_g *g = weft_g_self();
-    if (!c) {
-        if (!g || g->kind != WEFT_G_NATIVE)
-            return WEFT_ENOTG;
-        weft_park_forever("chan send (nil chan)");
-    }
+/* Both kinds of goroutine: completes at once (lock released), or queues g's
+ * waiter and returns WEFT_PENDING with c->lock still held (g NULL: the
+ * caller cannot wait, WEFT_ENOTG). */
+static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
     count_op();
     weft_mutex_lock(&c->lock);
-    int rc = send_locked(c, &v);
+    int rc = send_locked(c, v);
     if (rc != WEFT_EAGAIN)
         return rc;
-    if (!g || g->kind != WEFT_G_NATIVE) {
+    if (!g) {
         weft_mutex_unlock(&c->lock);
         return WEFT_ENOTG;
     }
     weft_waiter *w = &g->w1;
     waiter_init(w, g);
-    w->val = v;
+    w->val = *v;
     weft_chan_enqueue_locked(c, DIR_SEND, w);
     g->waiting = w;
     g->nwaiting = 1;
-    weft_park("chan send", unlock_cb, c);
-    g->nwaiting = 0;
-    return w->success ? WEFT_OK : WEFT_ECLOSED;
+    return WEFT_PENDING;
 }
 
-int weft_chan_recv(weft_chan *c, weft_val *out) {
-    weft_g *g = weft_g_self();
-    if (!c) {
-        if (!g || g->kind != WEFT_G_NATIVE)
-            return WEFT_ENOTG;
-        weft_park_forever("chan receive (nil chan)");
-    }
+static int send_result(weft_g *g, weft_val *v) {
+    g->nwaiting = 0;
+    if (g->w1.success)
+        return WEFT_OK;
+    if (v)
+        *v = g->w1.val; /* closed: the value is the sender's again */
+    return WEFT_ECLOSED;
+}
+
+static int recv_prepare(weft_chan *c, weft_val *out, weft_g *g) {
     count_op();
     weft_mutex_lock(&c->lock);
     int rc = recv_locked(c, out);
     if (rc != WEFT_EAGAIN)
         return rc;
-    if (!g || g->kind != WEFT_G_NATIVE) {
+    if (!g) {
         weft_mutex_unlock(&c->lock);
         return WEFT_ENOTG;
     }
@@ -392,10 +390,85 @@ int weft_chan_recv(weft_chan *c, weft_val *out) {
     weft_chan_enqueue_locked(c, DIR_RECV, w);
     g->waiting = w;
     g->nwaiting = 1;
-    weft_park("chan receive", unlock_cb, c);
+    return WEFT_PENDING;
+}
+
+static int recv_result(weft_g *g, weft_val *out) {
     g->nwaiting = 0;
-    *out = w->val;
-    return w->success ? 1 : 0;
+    *out = g->w1.val;
+    return g->w1.success ? 1 : 0;
+}
+
+int weft_chan_send(weft_chan *c, weft_val v) {
+    weft_g *g = weft_g_self();
+    bool native = weft_is_native(g);
+    if (!c) {
+        if (!native)
+            return WEFT_ENOTG;
+        weft_park_forever("chan send (nil chan)");
+    }
+    int rc = send_prepare(c, &v, native ? g : NULL);
+    if (rc != WEFT_PENDING)
+        return rc;
+    weft_park("chan send", unlock_cb, c);
+    return send_result(g, NULL);
+}
+
+int weft_chan_recv(weft_chan *c, weft_val *out) {
+    weft_g *g = weft_g_self();
+    bool native = weft_is_native(g);
+    if (!c) {
+        if (!native)
+            return WEFT_ENOTG;
+        weft_park_forever("chan receive (nil chan)");
+    }
+    int rc = recv_prepare(c, out, native ? g : NULL);
+    if (rc != WEFT_PENDING)
+        return rc;
+    weft_park("chan receive", unlock_cb, c);
+    return recv_result(g, out);
+}
+
+/* Hosted goroutines (core.h): the same operations in two halves. */
+
+int weft_chan_send_start(weft_chan *c, weft_val *v) {
+    weft_g *g = weft_g_self();
+    if (!g)
+        return WEFT_ENOTG;
+    if (!c) {
+        weft_park_hosted(g, "chan send (nil chan)"); /* never readied */
+        return WEFT_PENDING;
+    }
+    int rc = send_prepare(c, v, g);
+    if (rc == WEFT_PENDING) {
+        weft_park_hosted(g, "chan send");
+        weft_mutex_unlock(&c->lock);
+    }
+    return rc;
+}
+
+int weft_chan_send_finish(weft_val *v) {
+    return send_result(weft_g_self(), v);
+}
+
+int weft_chan_recv_start(weft_chan *c, weft_val *out) {
+    weft_g *g = weft_g_self();
+    if (!g)
+        return WEFT_ENOTG;
+    if (!c) {
+        weft_park_hosted(g, "chan receive (nil chan)");
+        return WEFT_PENDING;
+    }
+    int rc = recv_prepare(c, out, g);
+    if (rc == WEFT_PENDING) {
+        weft_park_hosted(g, "chan receive");
+        weft_mutex_unlock(&c->lock);
+    }
+    return rc;
+}
+
+int weft_chan_recv_finish(weft_val *out) {
+    return recv_result(weft_g_self(), out);
 }
 
 int weft_chan_trysend(weft_chan *c, weft_val v) {

@@ -179,6 +179,49 @@ struct weft_proc {
     _Atomic uint64_t st_switches, st_steals, st_stolen, st_wakeups, st_timers, st_chanops;
 };
 
+/* ---- hosted goroutines ------------------------------------------------------
+ * A hosted goroutine is run by the host (the Lua binding: a coroutine in the
+ * VM of the processor it is bound to), not on a stack of its own. It cannot
+ * switch stacks to park, so every blocking operation has two halves: a
+ * *_start call that completes at once or queues the goroutine's waiters,
+ * marks it parked (WAITING) and releases every lock, returning WEFT_PENDING;
+ * then the host returns to the scheduler with parkop = WEFT_PARK_WAIT (a Lua
+ * coroutine yields), and once resumed calls the matching *_finish for the
+ * result. A waker may make the goroutine runnable before the host has
+ * returned: that is safe, because a hosted goroutine is only ever run by its
+ * own processor's thread, which is busy returning. */
+
+enum { WEFT_PENDING = -100 };
+
+typedef struct weft_host {
+    /* Runs g on p (its own processor) until it returns control; sets
+     * g->parkop: WAIT after a *_start returned WEFT_PENDING, YIELD to be
+     * queued again, EXIT when it finished (host data already released). */
+    void (*run)(weft_proc *p, weft_g *g);
+    /* At engine stop, for each hosted goroutine still alive: release g->host. */
+    void (*discard)(weft_g *g);
+} weft_host;
+
+/* Runs a hosted main goroutine (host data `main_host`) on a fresh engine;
+ * the calling thread becomes processor 0 and the main goroutine is bound to
+ * it. Returns like weft_run when it exits. */
+int weft_run_hosted(const weft_config *cfg, const weft_host *host, void *main_host);
+/* A new hosted goroutine bound to the current processor (processor 0 from a
+ * thread that is none); its id, or a negative WEFT_E*. */
+int64_t weft_go_hosted(void *host);
+/* Stops the running engine from inside (e.g. on an uncaught error): every
+ * processor returns from its scheduler loop after the current goroutine. */
+void weft_shutdown(void);
+
+int weft_chan_send_start(weft_chan *c, weft_val *v); /* OK, ECLOSED, PENDING */
+int weft_chan_send_finish(weft_val *v);              /* OK, or ECLOSED with *v back */
+int weft_chan_recv_start(weft_chan *c, weft_val *out); /* 1, 0, PENDING */
+int weft_chan_recv_finish(weft_val *out);              /* 1, 0 */
+/* `cases` must stay as they are until weft_select_finish. */
+int weft_select_start(weft_case *cases, int n, int nonblock); /* index, -1, PENDING */
+int weft_select_finish(weft_case *cases, int n);              /* index */
+int weft_sleep_start(int64_t ns); /* PENDING, or OK when ns <= 0 (the host yields) */
+
 /* ---- the scheduler ------------------------------------------------------- */
 
 enum { WEFT_SCHED_STOPPED, WEFT_SCHED_RUNNING, WEFT_SCHED_STOPPING };
@@ -205,6 +248,7 @@ typedef struct weft_sched {
     _Atomic int64_t ngoroutines;
     _Atomic int64_t goidgen;
     weft_g *main_g;
+    weft_host host;
 } weft_sched;
 
 extern weft_sched weft_S;
@@ -215,6 +259,8 @@ weft_g *weft_g_self(void);
 void weft_ready(weft_g *g, bool next);
 void weft_park(const char *reason, void (*unlockf)(void *), void *arg);
 void weft_park_forever(const char *reason);
+void weft_park_hosted(weft_g *g, const char *reason); /* mark parked; caller then unlocks */
+bool weft_is_native(weft_g *g);
 void weft_wakep(void);
 uint32_t weft_fastrand(void);
 void weft_stat_inc(_Atomic uint64_t *counter);

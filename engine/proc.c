@@ -380,6 +380,16 @@ void weft_park(const char *reason, void (*unlockf)(void *), void *arg) {
     g->wait_reason = NULL;
 }
 
+bool weft_is_native(weft_g *g) {
+    return g && g->kind == WEFT_G_NATIVE;
+}
+
+void weft_park_hosted(weft_g *g, const char *reason) {
+    g->wait_reason = reason;
+    g->wait_since = weft_coarse_now();
+    atomic_store_explicit(&g->state, WEFT_G_WAITING, memory_order_release);
+}
+
 void weft_park_forever(const char *reason) {
     for (;;)
         weft_park(reason, NULL, NULL);
@@ -400,8 +410,6 @@ static void g_entry(void *arg) {
     weft_g *g = arg;
     weft_ctx_entered(&g->ctx);
     g->fn(g->arg);
-    if (g == weft_S.main_g)
-        engine_begin_stop();
     weft_proc *p = weft_proc_self();
     g->parkop = WEFT_PARK_EXIT;
     weft_ctx_switch(&g->ctx, &p->g0, 1);
@@ -416,21 +424,33 @@ static void reset_spinning(weft_proc *p) {
         weft_wakep();
 }
 
-/* g0, after a native goroutine switched back. */
+/* g0, after a goroutine gave control back (a native one by switching to g0,
+ * a hosted one by returning from the host's run hook). */
 static void after_switch(weft_proc *p, weft_g *g) {
+    bool native = g->kind == WEFT_G_NATIVE;
     switch (g->parkop) {
     case WEFT_PARK_WAIT:
-        atomic_store_explicit(&g->state, WEFT_G_WAITING, memory_order_release);
-        if (g->unlockf)
-            g->unlockf(g->unlockarg);
+        /* A hosted goroutine marked itself WAITING and released its locks
+         * before returning (it may even be runnable again by now). */
+        if (native) {
+            atomic_store_explicit(&g->state, WEFT_G_WAITING, memory_order_release);
+            if (g->unlockf)
+                g->unlockf(g->unlockarg);
+        }
         break;
     case WEFT_PARK_YIELD:
         atomic_store_explicit(&g->state, WEFT_G_RUNNABLE, memory_order_relaxed);
-        weft_runq_put(p, g, false);
+        if (native)
+            weft_runq_put(p, g, false);
+        else
+            bound_push(p, g, false);
         break;
     case WEFT_PARK_EXIT:
+        if (g == weft_S.main_g)
+            engine_begin_stop();
         atomic_store_explicit(&g->state, WEFT_G_DEAD, memory_order_relaxed);
         atomic_fetch_sub_explicit(&weft_S.ngoroutines, 1, memory_order_relaxed);
+        g->host = NULL;
         g_put(p, g);
         break;
     }
@@ -443,16 +463,13 @@ static void execute(weft_proc *p, weft_g *g) {
     atomic_store_explicit(&p->running, 1, memory_order_relaxed);
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
     weft_stat_inc(&p->st_switches);
-    if (g->kind == WEFT_G_NATIVE) {
+    if (g->kind == WEFT_G_NATIVE)
         weft_ctx_switch(&p->g0, &g->ctx, 0);
-        p->curg = NULL;
-        atomic_store_explicit(&p->running, 0, memory_order_relaxed);
-        after_switch(p, g);
-    } else {
-        /* Hosted goroutines arrive with the Lua binding. */
-        p->curg = NULL;
-        atomic_store_explicit(&p->running, 0, memory_order_relaxed);
-    }
+    else
+        weft_S.host.run(p, g);
+    p->curg = NULL;
+    atomic_store_explicit(&p->running, 0, memory_order_relaxed);
+    after_switch(p, g);
 }
 
 static void check_timers(weft_proc *p) {
@@ -744,8 +761,12 @@ static void engine_teardown(void) {
         weft_timers_teardown(weft_S.procs[i]);
     for (size_t i = 0; i < weft_S.nallgs; i++) {
         weft_g *g = weft_S.allgs[i];
-        for (int k = 0; k < g->nwaiting; k++)
+        int st = atomic_load(&g->state);
+        bool alive = st != WEFT_G_IDLE && st != WEFT_G_DEAD;
+        for (int k = 0; alive && k < g->nwaiting; k++)
             weft_waiter_withdraw(&g->waiting[k]);
+        if (alive && g->kind == WEFT_G_HOSTED && g->host && weft_S.host.discard)
+            weft_S.host.discard(g);
         weft_ctx_destroy(&g->ctx);
         weft_stack_free(&g->stack);
         free(g->wbuf);
@@ -785,13 +806,10 @@ static int engine_claim(void) {
     return atomic_compare_exchange_strong(&weft_S.state, &stopped, WEFT_SCHED_RUNNING);
 }
 
-int weft_run(const weft_config *cfg, void (*main_fn)(void *), void *arg) {
-    if (!main_fn)
-        return WEFT_EINVAL;
-    if (weft_g_self()) {
-        main_fn(arg);
-        return WEFT_OK;
-    }
+/* weft_run and weft_run_hosted: the calling thread becomes processor 0 and
+ * runs the scheduler until the main goroutine exits. */
+static int run_main(const weft_config *cfg, const weft_host *host, void (*main_fn)(void *),
+                    void *arg) {
     if (!engine_claim())
         return WEFT_ESTATE;
     int rc = engine_init(cfg);
@@ -799,15 +817,25 @@ int weft_run(const weft_config *cfg, void (*main_fn)(void *), void *arg) {
         atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
         return rc;
     }
+    if (host)
+        weft_S.host = *host;
+    else
+        memset(&weft_S.host, 0, sizeof weft_S.host);
     weft_proc *p0 = weft_S.procs[0];
-    weft_g *g = g_new(p0, WEFT_G_NATIVE, main_fn, arg);
+    weft_g *g = g_new(p0, host ? WEFT_G_HOSTED : WEFT_G_NATIVE, main_fn, arg);
     if (!g) {
         engine_teardown();
         atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
         return WEFT_ENOMEM;
     }
     weft_S.main_g = g;
-    weft_runq_put(p0, g, true);
+    if (host) {
+        g->host = arg;
+        g->bound = p0;
+        bound_push(p0, g, false);
+    } else {
+        weft_runq_put(p0, g, true);
+    }
     rc = start_threads(1);
     tls_proc = p0;
     weft_ctx_init_thread(&p0->g0);
@@ -817,6 +845,28 @@ int weft_run(const weft_config *cfg, void (*main_fn)(void *), void *arg) {
     engine_teardown();
     atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
     return rc;
+}
+
+int weft_run(const weft_config *cfg, void (*main_fn)(void *), void *arg) {
+    if (!main_fn)
+        return WEFT_EINVAL;
+    if (weft_g_self()) {
+        main_fn(arg);
+        return WEFT_OK;
+    }
+    return run_main(cfg, NULL, main_fn, arg);
+}
+
+int weft_run_hosted(const weft_config *cfg, const weft_host *host, void *main_host) {
+    if (!host || !host->run)
+        return WEFT_EINVAL;
+    if (weft_g_self())
+        return WEFT_ESTATE; /* the host runs main itself when nested */
+    return run_main(cfg, host, NULL, main_host);
+}
+
+void weft_shutdown(void) {
+    engine_begin_stop();
 }
 
 int weft_start(const weft_config *cfg) {
@@ -877,6 +927,32 @@ int64_t weft_go(void (*fn)(void *), void *arg) {
         weft_globrunq_put(g);
     weft_wakep();
     return id;
+}
+
+int64_t weft_go_hosted(void *host) {
+    if (atomic_load(&weft_S.state) != WEFT_SCHED_RUNNING || !weft_S.host.run)
+        return WEFT_ESTATE;
+    weft_proc *p = weft_proc_self();
+    weft_proc *home = p ? p : weft_S.procs[0];
+    weft_g *g = g_new(p, WEFT_G_HOSTED, NULL, NULL);
+    if (!g)
+        return WEFT_ENOMEM;
+    g->host = host;
+    g->bound = home;
+    int64_t id = g->id;
+    weft_ready(g, false);
+    return id;
+}
+
+int weft_sleep_start(int64_t ns) {
+    weft_g *g = weft_g_self();
+    if (!g)
+        return WEFT_ENOTG;
+    if (ns <= 0)
+        return WEFT_OK;
+    weft_timer_sleep_arm(g, weft_nanotime() + ns);
+    weft_park_hosted(g, "sleep");
+    return WEFT_PENDING;
 }
 
 void weft_sleep_ns(int64_t ns) {

@@ -37,16 +37,24 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake);
 void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w);
 void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w);
 
+/* The channels of a select in lock order: given by `lockorder` (case
+ * indices), or, once queued, by the goroutine's waiters (`ws`, which were
+ * queued in lock order). */
 typedef struct sel {
     weft_case *cases;
-    int *lockorder;
+    const int *lockorder;
+    const weft_waiter *ws;
     int n; /* cases with a channel */
 } sel;
 
+static weft_chan *sel_chan(const sel *s, int k) {
+    return s->cases[s->ws ? s->ws[k].case_index : s->lockorder[k]].ch;
+}
+
 static void sel_lock(const sel *s) {
     weft_chan *prev = NULL;
-    for (int i = 0; i < s->n; i++) {
-        weft_chan *c = s->cases[s->lockorder[i]].ch;
+    for (int k = 0; k < s->n; k++) {
+        weft_chan *c = sel_chan(s, k);
         if (c != prev)
             weft_chan_lock(c);
         prev = c;
@@ -54,9 +62,9 @@ static void sel_lock(const sel *s) {
 }
 
 static void sel_unlock(const sel *s) {
-    for (int i = s->n - 1; i >= 0; i--) {
-        weft_chan *c = s->cases[s->lockorder[i]].ch;
-        if (i == 0 || s->cases[s->lockorder[i - 1]].ch != c)
+    for (int k = s->n - 1; k >= 0; k--) {
+        weft_chan *c = sel_chan(s, k);
+        if (k == 0 || sel_chan(s, k - 1) != c)
             weft_chan_unlock(c);
     }
 }
@@ -107,24 +115,23 @@ static int ensure_wbuf(weft_g *g, int n) {
     return 0;
 }
 
-int weft_select(weft_case *cases, int n, int nonblock) {
+static int check_cases(weft_case *cases, int n) {
     if (n < 0 || (n > 0 && !cases))
         return WEFT_EINVAL;
     for (int i = 0; i < n; i++)
         if (cases[i].dir != WEFT_CASE_RECV && cases[i].dir != WEFT_CASE_SEND)
             return WEFT_EINVAL;
-    weft_g *g = weft_g_self();
-    if (!nonblock && (!g || g->kind != WEFT_G_NATIVE))
-        return WEFT_ENOTG;
+    return WEFT_OK;
+}
 
-    int small[2 * 16];
-    int *order = n <= 16 ? small : malloc(2 * (size_t)n * sizeof *order);
-    if (!order)
-        return WEFT_ENOMEM;
+/* Steps 1-3 of the protocol for goroutine g (NULL: cannot wait). Returns the
+ * index performed, -1 (nonblock, none ready), a negative WEFT_E*, or
+ * WEFT_PENDING with the waiters queued and every channel still locked.
+ * order has room for 2n ints; s is filled for the caller. */
+static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int *order, sel *s) {
     int *pollorder = order, *lockorder = order + n;
-
     /* Random poll order over the cases that have a channel (inside-out
-     * Fisher-Yates), and the same cases in lock order. */
+     * Fisher-Yates). */
     int m = 0;
     for (int i = 0; i < n; i++) {
         if (!cases[i].ch)
@@ -136,43 +143,30 @@ int weft_select(weft_case *cases, int n, int nonblock) {
         m++;
     }
     sort_by_chan(cases, lockorder, m);
-    sel s = {cases, lockorder, m};
-
-    if (m == 0) {
-        if (order != small)
-            free(order);
-        if (nonblock)
-            return -1;
-        weft_park_forever("select (no cases)");
-    }
+    *s = (sel){cases, lockorder, NULL, m};
+    if (m == 0)
+        return nonblock ? -1 : WEFT_PENDING; /* no cases: blocks forever */
 
     weft_proc *p = weft_proc_self();
     if (p)
         weft_stat_inc(&p->st_chanops);
-    sel_lock(&s);
+    sel_lock(s);
     for (int k = 0; k < m; k++) {
         int i = pollorder[k];
         weft_waiter *wake;
         if (weft_chan_try_case_locked(cases[i].ch, &cases[i], &wake)) {
-            sel_unlock(&s);
+            sel_unlock(s);
             if (wake)
                 weft_ready(wake->g, true);
-            if (order != small)
-                free(order);
             return i;
         }
     }
-    if (nonblock) {
-        sel_unlock(&s);
-        if (order != small)
-            free(order);
-        return -1;
+    if (nonblock || !g) {
+        sel_unlock(s);
+        return nonblock ? -1 : WEFT_ENOTG;
     }
-
     if (ensure_wbuf(g, m) != 0) {
-        sel_unlock(&s);
-        if (order != small)
-            free(order);
+        sel_unlock(s);
         return WEFT_ENOMEM;
     }
     atomic_store_explicit(&g->selectdone, 0, memory_order_relaxed);
@@ -190,17 +184,22 @@ int weft_select(weft_case *cases, int n, int nonblock) {
     }
     g->waiting = g->wbuf;
     g->nwaiting = m;
-    weft_park("select", sel_unlock_cb, &s);
+    return WEFT_PENDING;
+}
 
-    /* Woken by the waker that won; withdraw the other waiters. */
-    sel_lock(&s);
+/* Step 5: woken by the waker that won; withdraw the other waiters (their
+ * channels locked in the order they were queued) and report the winner. */
+static int select_result(weft_g *g, weft_case *cases) {
+    sel qs = {cases, NULL, g->wbuf, g->nwaiting};
+    const sel *s = &qs;
+    sel_lock(s);
     weft_waiter *win = g->param;
-    for (int k = 0; k < m; k++) {
+    for (int k = 0; k < s->n; k++) {
         weft_waiter *w = &g->wbuf[k];
         if (w != win && w->queued)
             weft_chan_dequeue_locked(cases[w->case_index].ch, w->dir, w);
     }
-    sel_unlock(&s);
+    sel_unlock(s);
     g->nwaiting = 0;
     int i = win->case_index;
     cases[i].ok = win->success ? 1 : 0;
@@ -208,7 +207,60 @@ int weft_select(weft_case *cases, int n, int nonblock) {
         cases[i].val = win->val;
     else if (win->success)
         memset(&cases[i].val, 0, sizeof cases[i].val);
+    return i;
+}
+
+int weft_select(weft_case *cases, int n, int nonblock) {
+    int rc = check_cases(cases, n);
+    if (rc != WEFT_OK)
+        return rc;
+    weft_g *g = weft_g_self();
+    bool native = weft_is_native(g);
+    if (!nonblock && !native)
+        return WEFT_ENOTG;
+    int small[2 * 16];
+    int *order = n <= 16 ? small : malloc(2 * (size_t)n * sizeof *order);
+    if (!order)
+        return WEFT_ENOMEM;
+    sel s;
+    rc = select_prepare(native ? g : NULL, cases, n, nonblock, order, &s);
+    if (rc == WEFT_PENDING && s.n == 0)
+        weft_park_forever("select (no cases)");
+    if (rc == WEFT_PENDING) {
+        weft_park("select", sel_unlock_cb, &s);
+        rc = select_result(g, cases);
+    }
     if (order != small)
         free(order);
-    return i;
+    return rc;
+}
+
+/* Hosted goroutines (core.h). */
+
+int weft_select_start(weft_case *cases, int n, int nonblock) {
+    int rc = check_cases(cases, n);
+    if (rc != WEFT_OK)
+        return rc;
+    weft_g *g = weft_g_self();
+    if (!g)
+        return WEFT_ENOTG;
+    int small[2 * 16];
+    int *order = n <= 16 ? small : malloc(2 * (size_t)n * sizeof *order);
+    if (!order)
+        return WEFT_ENOMEM;
+    sel s;
+    rc = select_prepare(g, cases, n, nonblock, order, &s);
+    if (rc == WEFT_PENDING) {
+        weft_park_hosted(g, s.n ? "select" : "select (no cases)");
+        if (s.n)
+            sel_unlock(&s);
+    }
+    if (order != small)
+        free(order);
+    return rc;
+}
+
+int weft_select_finish(weft_case *cases, int n) {
+    (void)n;
+    return select_result(weft_g_self(), cases);
 }

@@ -16,14 +16,14 @@
 #include <unistd.h>
 
 extern const ctest_case chan_tests[], select_tests[], timer_tests[], sched_tests[],
-    stress_tests[];
+    hosted_tests[], stress_tests[];
 
 static const struct {
     const char *suite;
     const ctest_case *cases;
 } suites[] = {
     {"sched", sched_tests}, {"chan", chan_tests},     {"select", select_tests},
-    {"timer", timer_tests}, {"stress", stress_tests},
+    {"timer", timer_tests}, {"hosted", hosted_tests}, {"stress", stress_tests},
 };
 
 atomic_int ctest_failures;
