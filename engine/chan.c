@@ -128,6 +128,25 @@ static void unlock_cb(void *c) {
     weft_mutex_unlock(&((weft_chan *)c)->lock);
 }
 
+/* ---- values the engine drops ------------------------------------------------- */
+
+static void (*_Atomic disposers[256])(weft_val *);
+
+int weft_val_register_disposer(uint16_t tag, void (*dispose)(weft_val *v)) {
+    if (tag < WEFT_TAG_USER || tag >= 256)
+        return WEFT_EINVAL;
+    atomic_store(&disposers[tag], dispose);
+    return WEFT_OK;
+}
+
+void weft_val_dispose(weft_val *v) {
+    void (*dispose)(weft_val *) = v->tag < 256 ? atomic_load(&disposers[v->tag]) : NULL;
+    if (dispose)
+        dispose(v);
+    else
+        weft_val_free(v);
+}
+
 /* ---- life cycle ------------------------------------------------------------ */
 
 weft_chan *weft_chan_new(size_t cap) {
@@ -164,7 +183,7 @@ void weft_chan_release(weft_chan *c) {
         weft_timer_detach(c->timer); /* waits out a firing that may be sending to c */
     size_t n = atomic_load_explicit(&c->count, memory_order_relaxed);
     for (size_t i = 0; i < n; i++)
-        weft_val_free(&c->buf[(c->recvx + i) % c->cap]);
+        weft_val_dispose(&c->buf[(c->recvx + i) % c->cap]);
     free(c->buf);
     free(c);
 }
@@ -334,6 +353,10 @@ void weft_waiter_withdraw(weft_waiter *w) {
     waitq_unlink(queue_of(c, w->dir), w);
     weft_mutex_unlock(&c->lock);
     weft_chan_release(c);
+    /* A discarded plain sender's value is dropped here; a select's send
+     * values stay with its cases, which their owner frees. */
+    if (w->dir == DIR_SEND && !w->is_select)
+        weft_val_dispose(&w->val);
 }
 
 /* ---- public operations ----------------------------------------------------- */

@@ -717,6 +717,7 @@ static int engine_init(const weft_config *cfg) {
     weft_S.gfree = NULL;
     weft_S.ngfree = 0;
     atomic_store(&weft_S.ngoroutines, 0);
+    atomic_store(&weft_S.goidgen, 0); /* main is goroutine 1, as in Go */
     weft_S.main_g = NULL;
     weft_S.stack_size = ss;
     weft_S.procs = calloc((size_t)n, sizeof *weft_S.procs);

@@ -365,7 +365,7 @@ weft_chan *weft_timer_chan(weft_timer *t) {
 static void drain(weft_timer *t) {
     weft_val v;
     if (t->c && weft_chan_tryrecv(t->c, &v) == 1)
-        weft_val_free(&v);
+        weft_val_dispose(&v);
 }
 
 int weft_timer_stop(weft_timer *t) {

@@ -177,6 +177,13 @@ static inline void weft_val_free(weft_val *v) {
     v->u.u = 0;
 }
 
+/* Values with a tag of their own may need more than free() when the engine
+ * drops them (a channel freed with values buffered, a blocked sender
+ * discarded at stop): a codec registers a disposer for its tags (>=
+ * WEFT_TAG_USER). weft_val_dispose frees any value that way. */
+int weft_val_register_disposer(uint16_t tag, void (*dispose)(weft_val *v));
+void weft_val_dispose(weft_val *v);
+
 /* ---- channels ------------------------------------------------------------ */
 
 typedef struct weft_chan weft_chan;
