@@ -1,6 +1,7 @@
 # weft — build, test, sanitize, bench.
 #   make            build/libweft.a, build/libweft.so, build/weft
-#   make test       C tests of the core (and, once present, the busted specs)
+#   make demo       build and run examples/pipeline.lua
+#   make test       C tests of the core and the busted specs of the Lua API
 #   make asan       the same tests under AddressSanitizer + UBSan
 #   make tsan       the same tests under ThreadSanitizer
 #   make soak       the long stress run
@@ -12,7 +13,8 @@ BUILD   ?= build
 OPT     ?= -O2 -g
 WARN    := -Wall -Wextra -Werror
 CFLAGS  ?= $(OPT)
-CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE -fPIC -Iengine
+# Our own flags stay apart from CFLAGS, which a caller (luarocks) may set.
+WEFT_CFLAGS := -std=c11 $(WARN) -D_GNU_SOURCE -fPIC -Iengine
 LDLIBS_ENGINE ?= -lev -lpthread -lm
 
 # Everything comes from Debian packages; `make deps` (run by the build)
@@ -33,11 +35,19 @@ ENGINE_SRC := engine/lock.c engine/stack.c engine/ctx.c engine/runq.c engine/pro
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/ctx_asm.o
 ENGINE_HDR := $(wildcard engine/*.h)
 
+# The Lua binding: build/weft_core.so for luajit (LUA_CPATH='build/?.so;;'),
+# and the same objects linked into the weft binary.
+LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
+LUAJIT_LIBS   ?= -lluajit-5.1
+BIND_SRC      := bindings/core.c bindings/codec.c
+BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
+BIND_HDR      := $(wildcard bindings/*.h)
+
 CTEST_SRC  := $(wildcard spec/c/test_*.c)
 CTEST_BIN  := $(BUILD)/spec/ctest
 
-.PHONY: all test ctest asan tsan soak bench deps deps-bench deps-san clean check-aarch64
-all: $(BUILD)/libweft.a $(BUILD)/libweft.so $(BUILD)/weft $(BUILD)/examples/c_pipeline
+.PHONY: all install test ctest spec demo asan tsan soak bench deps deps-bench deps-san clean check-aarch64 fuzz-codec
+all: $(BUILD)/libweft.a $(BUILD)/libweft.so $(BUILD)/weft_core.so $(BUILD)/weft $(BUILD)/examples/c_pipeline
 
 deps:
 	@bash scripts/deps.sh $(DEBIAN_PACKAGES)
@@ -47,9 +57,9 @@ deps-san:
 	@bash scripts/deps.sh $(SAN_PACKAGES)
 
 $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HDR) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -c $< -o $@
 $(BUILD)/obj/ctx_asm.o: $(CTX_ASM) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -c $< -o $@
 $(BUILD)/obj: | deps
 	mkdir -p $@
 $(BUILD)/spec:
@@ -59,23 +69,56 @@ $(BUILD)/libweft.a: $(ENGINE_OBJ)
 	rm -f $@ && ar rcs $@ $^
 $(BUILD)/libweft.so: $(ENGINE_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS_ENGINE)
-$(BUILD)/weft: engine/main.c $(BUILD)/libweft.a
-	$(CC) $(CFLAGS) -o $@ engine/main.c $(BUILD)/libweft.a $(LDLIBS_ENGINE)
+$(BUILD)/obj/bind_%.o: bindings/%.c $(BIND_HDR) $(ENGINE_HDR) | $(BUILD)/obj
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Ibindings -c $< -o $@
+$(BUILD)/weft_core.so: $(BIND_OBJ) $(ENGINE_OBJ)
+	$(CC) -shared -o $@ $^ $(LDLIBS_ENGINE)
+# -Wl,-E: C modules the script loads (lpeg, ...) find the Lua API in the binary.
+$(BUILD)/weft: engine/main.c $(BIND_OBJ) $(BUILD)/libweft.a
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -DWEFT_LUA_DIR='"$(CURDIR)/lua"' -DWEFT_LUA_INSTALL_DIR='"$(LUADIR)"' -o $@ engine/main.c \
+	  $(BIND_OBJ) $(BUILD)/libweft.a -Wl,-E $(LUAJIT_LIBS) $(LDLIBS_ENGINE) -ldl
 
 $(BUILD)/examples/c_pipeline: examples/c_pipeline.c $(BUILD)/libweft.a engine/weft.h
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libweft.a $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -o $@ $< $(BUILD)/libweft.a $(LDLIBS_ENGINE)
 
 $(CTEST_BIN): $(CTEST_SRC) spec/c/ctest.h spec/c/ctest_main.c $(BUILD)/libweft.a | $(BUILD)/spec
-	$(CC) $(CFLAGS) -Ispec/c -o $@ spec/c/ctest_main.c $(CTEST_SRC) $(BUILD)/libweft.a $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -Ispec/c -o $@ spec/c/ctest_main.c $(CTEST_SRC) $(BUILD)/libweft.a $(LDLIBS_ENGINE)
 $(BUILD)/spec/ctx_check: spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) engine/ctx.h | $(BUILD)/spec
-	$(CC) $(CFLAGS) -o $@ spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -o $@ spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) $(LDLIBS_ENGINE)
 
-ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check
+# The value codec of the Lua layer (bindings/codec.c) and its tests.
+CODEC_SRC  := bindings/codec.c bindings/codec.h engine/weft.h
+$(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h $(CODEC_SRC) | $(BUILD)/spec
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_test.c bindings/codec.c \
+	  $(LUAJIT_LIBS) -lm
+
+ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check $(BUILD)/spec/codec_test
 	$(BUILD)/spec/ctx_check
+	$(BUILD)/spec/codec_test
 	$(CTEST_BIN) $(CTEST_ARGS)
 
-test: all ctest
+# libFuzzer on the codec: decodes raw bytes, and round-trips values built
+# from the bytes. Findings and the corpus stay in build/fuzz.
+FUZZ_SECONDS ?= 60
+$(BUILD)/fuzz/codec_fuzz: spec/c/codec_fuzz.c spec/c/codec_deepeq.h $(CODEC_SRC) | deps-san
+	@mkdir -p $(@D)
+	clang -O1 -g -std=c11 -D_GNU_SOURCE $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_fuzz.c bindings/codec.c $(LUAJIT_LIBS) -lm
+fuzz-codec: $(BUILD)/fuzz/codec_fuzz
+	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/crashes
+	$(BUILD)/fuzz/codec_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -rss_limit_mb=4096 \
+	  -artifact_prefix=$(BUILD)/fuzz/crashes/ $(BUILD)/fuzz/corpus
+
+# The Lua specs (spec/*_spec.lua) under LuaJIT, configured by .busted.
+spec: $(BUILD)/weft_core.so
+	busted --lua=luajit --cpath='$(BUILD)/?.so'
+
+test: all ctest spec
+
+# Builds and runs the demo pipeline (installing missing Debian packages first).
+demo: all
+	$(BUILD)/weft examples/pipeline.lua
 
 # Sanitizer builds live in their own build directories.
 asan: deps-san
@@ -90,6 +133,17 @@ soak: $(CTEST_BIN)
 
 check-aarch64:
 	bash spec/c/ctx_cross.sh
+
+# Installation (also what `luarocks make` runs, with its own directories).
+PREFIX ?= /usr/local
+LUADIR ?= $(PREFIX)/share/lua/5.1
+LIBDIR ?= $(PREFIX)/lib/lua/5.1
+BINDIR ?= $(PREFIX)/bin
+install: all
+	install -d $(DESTDIR)$(LUADIR)/weft $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
+	install -m 644 lua/weft/*.lua $(DESTDIR)$(LUADIR)/weft/
+	install -m 755 $(BUILD)/weft_core.so $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(BUILD)/weft $(DESTDIR)$(BINDIR)/
 
 -include bench/bench.mk
 

@@ -30,7 +30,7 @@ bench-c: $(BENCH_C_BINS)
 
 $(BENCH_C_BINS): $(BUILD)/bench/%: bench/c/%.c $(BENCH_C_HDRS) engine/weft.h $(WEFT_LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -Iengine -o $@ $< $(WEFT_LIB) $(LDFLAGS) $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -o $@ $< $(WEFT_LIB) $(LDFLAGS) $(LDLIBS_ENGINE)
 
 bench: deps-bench bench-c
 	BUILD='$(BUILD)' bash bench/run.sh

@@ -1,0 +1,155 @@
+/*
+ * codec.h — copies Lua values through weft channels.
+ *
+ * The Lua layer turns every value it sends into a weft_val with
+ * weft_codec_encode and turns it back into a Lua value, in the same or in
+ * another lua_State (another LuaJIT VM on another OS thread of the same
+ * process), with weft_codec_decode. The encoding is self-contained bytes: it
+ * never points into a lua_State, so the value may outlive the sender's VM.
+ *
+ * What a weft_val holds
+ *   nil                 refused at the top level: "send of nil value"
+ *   boolean             WEFT_TAG_BOOL, inline (u.i = 0/1), no allocation
+ *   number              WEFT_TAG_NUMBER, inline double, no allocation
+ *   string              WEFT_TAG_RAW: the bytes themselves, inline up to 8
+ *                       bytes (no allocation), else one malloc'd buffer. A C
+ *                       stage sending weft_val_bytes() is received as a string.
+ *   int64_t / uint64_t  WEFT_TAG_INT64 / WEFT_TAG_UINT64, inline, and decode
+ *   cdata (1LL, 2ULL)   to the same cdata type; a C stage's weft_val_int()
+ *                       arrives as an int64_t cdata.
+ *   anything else       WEFT_CODEC_TAG_BLOB: one malloc'd buffer (see below).
+ *   (decode only)       WEFT_TAG_PTR becomes a light userdata.
+ *
+ * What a blob copies
+ *   Tables deep, with their metatables, keys of any copyable type, and with
+ *   identity kept: a table, function, cdata or handle reached twice decodes
+ *   to one object reached twice, so cycles (t.self = t) survive. Lua
+ *   functions as bytecode (lua_dump, with debug info) plus their upvalues,
+ *   encoded recursively (cycles through upvalues work). Upvalues SHARED by
+ *   two closures inside one encoded value stay shared after decoding
+ *   (lua_upvalueid / lua_upvaluejoin); sharing with closures outside the
+ *   value is of course lost. A decoded function gets the decoding state's
+ *   globals as its environment (function environments are not copied).
+ *   Plain-data cdata (numbers, enums, complex, structs/unions/arrays without
+ *   pointers, VLAs) as ctype name + bytes; the decoding VM re-creates the
+ *   type with ffi.typeof(name), so a named struct must be ffi.cdef'd there
+ *   too; anonymous struct/union/enum types are refused. Engine objects
+ *   registered with weft_codec_register_handle are passed by reference.
+ *   Everything else (C functions, coroutines, light userdata, other
+ *   userdata, pointer cdata) is refused with a message naming the path:
+ *     cannot copy userdata at field 'pattern'
+ *     cannot copy thread at [3].co
+ *     cannot copy upvalue 'f' (function: builtin) of function at x.lua:12
+ *   Nesting deeper than WEFT_CODEC_MAX_DEPTH tables/functions is refused.
+ *
+ * Ownership and freeing
+ *   weft_codec_encode fills *out, which the caller owns. weft_codec_decode
+ *   never frees or changes the value: a value may be decoded any number of
+ *   times. EVERY value made by weft_codec_encode must be freed exactly once
+ *   with weft_codec_val_free, whether it was decoded or not (it is also
+ *   correct for any other weft_val). A blob holds one reference on each
+ *   engine object in it (taken by retain at encode time) and
+ *   weft_codec_val_free drops them; decoding takes a new reference of its
+ *   own (retain) for the Lua object that push creates. Anything that drops
+ *   codec values without decoding them (a channel freed with values still
+ *   buffered) must use weft_codec_val_free, not weft_val_free.
+ *
+ * Blob layout (native byte order; valid only inside the process that made
+ * it, since handles are raw pointers)
+ *   header   16 bytes: 'w', version 1, 0, 0, u32 objects, u32 handles,
+ *            u32 offset of the handle table (= end of the body)
+ *   body     one value: a type byte and its payload (LEB128 varints):
+ *            0x00 nil  0x01 false  0x02 true  0x40+n small integer 0..63
+ *            0x03 integer (zigzag varint)  0x04 double (8 bytes)
+ *            0x80+n string of n < 128 bytes  0x05 string (varint length)
+ *            0x06/0x07 table [with metatable]: varint narray, varint nhash,
+ *                 narray values (1..narray), nhash key/value pairs [, mt]
+ *            0x08 reference: varint object number (objects are numbered in
+ *                 the order tables, functions, cdata and handles first appear)
+ *            0x09 function: u32 bytecode length, u64 keyed hash, bytecode,
+ *                 varint nups, then per upvalue a value or
+ *            0x0a shared upvalue: varint object number of an earlier
+ *                 function, varint upvalue index
+ *            0x0b cdata: varint name length, name, varint VLA count+1 (0 for
+ *                 fixed-size types), varint size, bytes
+ *            0x0c / 0x0d int64_t / uint64_t cdata: 8 bytes
+ *            0x0e handle: varint index into the handle table
+ *   handles  per handle 24 bytes: u32 type id, u32 0, u64 pointer, u64 keyed
+ *            hash of (type id, pointer)
+ *   The decoder checks every length, count, index and reference against the
+ *   bytes it was given and fails cleanly on corrupt or truncated input.
+ *   Bytecode and handle entries carry a hash keyed with a per-process random
+ *   secret, so corrupted bytes are never fed to LuaJIT's bytecode loader (it
+ *   does not verify bytecode) nor taken for a pointer; this protects against
+ *   accidents, not against code that can already write the process memory.
+ *
+ * Limits: strings and blobs up to 4 GiB - 1 (weft_val.len is 32-bit); at most
+ * WEFT_CODEC_MAX_DEPTH nested tables/functions. Encoding and decoding recurse
+ * in C once per nesting level with small frames (a few hundred bytes), so
+ * both are safe on a 64 KiB goroutine stack.
+ *
+ * Threading: a lua_State is used by one thread at a time as usual; handle
+ * types are process-wide and may be registered from any thread.
+ */
+#ifndef WEFT_CODEC_H
+#define WEFT_CODEC_H
+
+#include <stddef.h>
+
+#include "weft.h"
+#include <lua.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Tags of codec values (WEFT_TAG_USER and up belong to codecs). */
+enum {
+    WEFT_CODEC_TAG_BLOB = WEFT_TAG_USER /* 16: an encoded value, layout above */
+};
+
+enum {
+    WEFT_CODEC_MAX_DEPTH = 200,       /* nested tables/functions */
+    WEFT_CODEC_MAX_HANDLE_TYPES = 64, /* process-wide */
+    WEFT_CODEC_ERRLEN = 256           /* a good size for err buffers */
+};
+
+/* Encodes the value at stack index idx of L into *out (which must not hold
+ * a value that needs freeing). Returns 0, or -1 with a NUL-terminated message
+ * in err (truncated to errlen) and *out zeroed. L's stack is left as it was.
+ * Scalars (booleans, numbers, strings up to 8 bytes, int64/uint64 cdata)
+ * never allocate. Uses a few Lua stack slots and may run the GC. */
+int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t errlen);
+
+/* Pushes the value that v holds (see the tags above). Returns 0 with one
+ * value pushed, or -1 with nothing pushed and a message in err. Never frees
+ * or modifies v; safe on corrupt or truncated input. */
+int weft_codec_decode(lua_State *L, const weft_val *v, char *err, size_t errlen);
+
+/* Frees any weft_val; for a blob, first drops the references it holds on
+ * engine objects (the release callback of each handle in it). Leaves v
+ * zeroed. */
+void weft_codec_val_free(weft_val *v);
+
+/* Declares an engine object type that is passed by reference. A full
+ * userdata whose metatable is luaL_getmetatable(L, tname) (which must exist
+ * when this is called) and whose payload starts with `void *obj` (non-NULL)
+ * is encoded as (type, obj) after retain(obj), which returns the pointer to
+ * store (normally obj). Decoding calls retain(obj) and then push(L, obj),
+ * which must create the Lua object taking over that reference and return 1
+ * (one value pushed), or push nothing and return 0 (the decoder then
+ * releases the reference and fails). release(obj) drops one reference;
+ * retain and release must be callable from any thread.
+ *
+ * Types are process-wide by name: register the type in every lua_State that
+ * encodes it (one call per state). A second registration of a name with
+ * the same callbacks reuses the type; with other callbacks it fails.
+ * Returns 0, or -1 (no metatable named tname in L, different callbacks,
+ * too many types, or NULL arguments). */
+int weft_codec_register_handle(lua_State *L, const char *tname, void *(*retain)(void *),
+                               void (*release)(void *), int (*push)(lua_State *L, void *obj));
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* WEFT_CODEC_H */
