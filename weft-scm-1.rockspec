@@ -24,7 +24,6 @@ build = {
   type = "make",
   build_variables = {
     CFLAGS = "$(CFLAGS)",
-    LUADIR = "$(LUADIR)", -- the weft binary looks for the modules there
   },
   install_variables = {
     LUADIR = "$(LUADIR)",

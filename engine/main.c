@@ -7,7 +7,9 @@
  * returns, 2 on an uncaught error in any goroutine (message and traceback on
  * stderr), 1 when the script cannot be loaded or the usage is wrong;
  * os.exit(n) as usual. The Lua modules are found without any environment:
- * the source tree's lua/ directory and the installed one are on package.path.
+ * the source tree's lua/ directory, then <prefix>/share/lua/5.1 beside the
+ * binary's own <prefix>/bin (wherever it was installed: make install,
+ * luarocks), then the default install directory, are put on package.path.
  */
 #include "weft.h"
 
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifndef WEFT_LUA_DIR
 #define WEFT_LUA_DIR "./lua"
@@ -26,6 +29,25 @@
 #endif
 
 int luaopen_weft_core(lua_State *L);
+
+/* <prefix>/share/lua/5.1 for a binary installed as <prefix>/bin/weft, or "". */
+static void installed_lua_dir(char *out, size_t size) {
+    char exe[4096];
+    out[0] = 0;
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = 0; /* <prefix>/bin */
+    slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = 0; /* <prefix> */
+    snprintf(out, size, "%s/share/lua/5.1", exe);
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -94,9 +116,17 @@ int main(int argc, char **argv) {
     lua_pushcfunction(L, luaopen_weft_core);
     lua_setfield(L, -2, "weft_core");
     lua_pop(L, 1);
+    char beside[4200];
+    installed_lua_dir(beside, sizeof beside);
     lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;%s", WEFT_LUA_DIR,
-                    WEFT_LUA_DIR, WEFT_LUA_INSTALL_DIR, WEFT_LUA_INSTALL_DIR, lua_tostring(L, -1));
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", WEFT_LUA_DIR, WEFT_LUA_DIR);
+    if (beside[0])
+        lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", beside, beside);
+    else
+        lua_pushliteral(L, "");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", WEFT_LUA_INSTALL_DIR, WEFT_LUA_INSTALL_DIR,
+                    lua_tostring(L, -3));
+    lua_concat(L, 3);
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
 
