@@ -47,7 +47,8 @@ CTEST_SRC  := $(wildcard spec/c/test_*.c)
 CTEST_BIN  := $(BUILD)/spec/ctest
 
 .PHONY: all install test ctest spec demo asan tsan soak bench deps deps-bench deps-san clean check-aarch64 fuzz-codec
-all: $(BUILD)/libweft.a $(BUILD)/libweft.so $(BUILD)/weft_core.so $(BUILD)/weft $(BUILD)/examples/c_pipeline
+all: $(BUILD)/libweft.a $(BUILD)/libweft.so $(BUILD)/weft_core.so $(BUILD)/weft \
+     $(BUILD)/examples/c_pipeline $(BUILD)/examples/native_stage.so
 
 deps:
 	@bash scripts/deps.sh $(DEBIAN_PACKAGES)
@@ -72,7 +73,7 @@ $(BUILD)/libweft.so: $(ENGINE_OBJ)
 $(BUILD)/obj/bind_%.o: bindings/%.c $(BIND_HDR) $(ENGINE_HDR) | $(BUILD)/obj
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Ibindings -c $< -o $@
 $(BUILD)/weft_core.so: $(BIND_OBJ) $(ENGINE_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS_ENGINE)
+	$(CC) -shared -o $@ $^ $(LDLIBS_ENGINE) -ldl
 # -Wl,-E: C modules the script loads (lpeg, ...) find the Lua API in the binary.
 $(BUILD)/weft: engine/main.c $(BIND_OBJ) $(BUILD)/libweft.a
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -DWEFT_LUA_DIR='"$(CURDIR)/lua"' -DWEFT_LUA_INSTALL_DIR='"$(LUADIR)"' -o $@ engine/main.c \
@@ -81,6 +82,12 @@ $(BUILD)/weft: engine/main.c $(BIND_OBJ) $(BUILD)/libweft.a
 $(BUILD)/examples/c_pipeline: examples/c_pipeline.c $(BUILD)/libweft.a engine/weft.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -o $@ $< $(BUILD)/libweft.a $(LDLIBS_ENGINE)
+
+# A C stage for Lua pipelines: its weft_* symbols come from the engine that
+# loads it (the weft binary, or weft_core.so).
+$(BUILD)/examples/native_stage.so: examples/native_stage/checksum.c engine/weft.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -shared -o $@ $<
 
 $(CTEST_BIN): $(CTEST_SRC) spec/c/ctest.h spec/c/ctest_main.c $(BUILD)/libweft.a | $(BUILD)/spec
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -Ispec/c -o $@ spec/c/ctest_main.c $(CTEST_SRC) $(BUILD)/libweft.a $(LDLIBS_ENGINE)

@@ -28,6 +28,7 @@
 #include "codec.h"
 #include "core.h"
 
+#include <dlfcn.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
@@ -439,6 +440,72 @@ static int l_select_finish(lua_State *L) {
     return select_report(L, h, i);
 }
 
+/* ---- native goroutines ----------------------------------------------------------- */
+
+/* A native goroutine started from Lua: fn(arg), where arg is the caller's
+ * pointer, or a NULL-terminated array of the channels given (each retained
+ * until fn returns). */
+typedef struct native_start {
+    void (*fn)(void *);
+    void *arg;
+    int nchans;
+    weft_chan *chans[];
+} native_start;
+
+static void native_entry(void *p) {
+    native_start *ns = p;
+    ns->fn(ns->nchans ? (void *)ns->chans : ns->arg);
+    for (int i = 0; i < ns->nchans; i++)
+        weft_chan_release(ns->chans[i]);
+    free(ns);
+}
+
+/* core.go_native(fn_address, arg_address | nil, chan...) -> id */
+static int l_go_native(lua_State *L) {
+    lua_Number fa = luaL_checknumber(L, 1);
+    if (fa <= 0 || fa != (lua_Number)(uintptr_t)fa)
+        return luaL_error(L, "weft.go_native: cfunc is not a C function");
+    int nchans = lua_gettop(L) - 2;
+    if (nchans < 0)
+        nchans = 0;
+    native_start *ns = calloc(1, sizeof *ns + (size_t)(nchans + 1) * sizeof(weft_chan *));
+    if (!ns)
+        return luaL_error(L, "out of memory");
+    union {
+        uintptr_t u;
+        void (*fn)(void *);
+    } cast = {(uintptr_t)fa};
+    ns->fn = cast.fn;
+    ns->arg = lua_isnumber(L, 2) ? (void *)(uintptr_t)lua_tonumber(L, 2) : NULL;
+    for (int i = 0; i < nchans; i++) {
+        lchan *lc = lua_touserdata(L, 3 + i);
+        if (!lc || !lua_getmetatable(L, 3 + i)) {
+            free(ns);
+            return luaL_error(L, "weft.go_native: argument %d is not a channel", 3 + i);
+        }
+        luaL_getmetatable(L, CHAN_MT);
+        int ok = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (!ok) {
+            free(ns);
+            return luaL_error(L, "weft.go_native: argument %d is not a channel", 3 + i);
+        }
+        ns->chans[i] = lc->c;
+    }
+    for (int i = 0; i < nchans; i++)
+        weft_chan_retain(ns->chans[i]);
+    ns->nchans = nchans;
+    int64_t id = weft_go(native_entry, ns);
+    if (id < 0) {
+        for (int i = 0; i < nchans; i++)
+            weft_chan_release(ns->chans[i]);
+        free(ns);
+        return luaL_error(L, "weft.go_native: the engine is not running");
+    }
+    lua_pushnumber(L, (lua_Number)id);
+    return 1;
+}
+
 /* ---- timers -------------------------------------------------------------------- */
 
 static int l_after(lua_State *L) {
@@ -500,7 +567,17 @@ static void chan_release(void *obj) {
     weft_chan_release(obj);
 }
 
+/* Loaded by require, this library's symbols are local to it; C stages
+ * loaded later with ffi.load must link against this very engine, so the
+ * library makes its symbols global (in the weft binary they already are). */
+static void export_engine_symbols(void) {
+    Dl_info info;
+    if (dladdr((void *)export_engine_symbols, &info) && info.dli_fname)
+        dlopen(info.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
+}
+
 int luaopen_weft_core(lua_State *L) {
+    export_engine_symbols();
     static const luaL_Reg chan_mt[] = {
         {"__gc", l_chan_gc}, {"__len", l_len}, {"__tostring", l_tostring}, {NULL, NULL}};
     static const luaL_Reg timer_mt[] = {{"__gc", l_timer_gc}, {NULL, NULL}};
@@ -526,6 +603,7 @@ int luaopen_weft_core(lua_State *L) {
         {"timer", l_timer},
         {"timer_stop", l_timer_stop},
         {"timer_reset", l_timer_reset},
+        {"go_native", l_go_native},
         {NULL, NULL},
     };
     luaL_newmetatable(L, CHAN_MT);

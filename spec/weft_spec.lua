@@ -373,11 +373,57 @@ describe("blocking where Lua cannot yield", function()
     end)
   end)
 
+  it("raises at the top level of a required chunk and in __gc", function()
+    run(function()
+      local c = weft.chan()
+      package.preload["spec_blocks_at_load"] = function() c:recv() end
+      local ok, err = pcall(require, "spec_blocks_at_load")
+      assert.is_false(ok)
+      assert.matches("cannot block here: top level of a required chunk", err)
+      local seen
+      local p = newproxy(true)
+      getmetatable(p).__gc = function() seen = select(2, pcall(c.recv, c)) end
+      p = nil
+      collectgarbage()
+      collectgarbage()
+      assert.matches("cannot block here: __gc metamethod", seen)
+    end)
+  end)
+
   it("does not raise when the operation need not wait", function()
     run(function()
       local c = weft.chan(1)
       c:send(1)
       table.sort({ 3, 1, 2 }, function(x, y) if #c > 0 then c:recv() end return x < y end)
+    end)
+  end)
+end)
+
+describe("native goroutines", function()
+  it("exchange values with Lua goroutines over the same channels", function()
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "void checksum_stage(void *arg);")
+    local stage = ffi.load("build/examples/native_stage.so")
+    local sums = run(function()
+      local input, output = weft.chan(), weft.chan()
+      local id = weft.go_native(stage.checksum_stage, input, output)
+      assert.is_true(id > 1)
+      weft.go(function()
+        for _, s in ipairs({ "a", "abc", "Wikipedia", 7 }) do input:send(s) end
+        input:close()
+      end)
+      local r = {}
+      for v in output:range() do r[#r + 1] = v end
+      return r
+    end)
+    -- Adler-32 of "a", "abc", "Wikipedia"; -1 for what is not a string
+    assert.are.same({ 0x00620062, 0x024d0127, 0x11E60398, -1 }, sums)
+  end)
+
+  it("refuse what is not a C function", function()
+    run(function()
+      assert.has_error(function() weft.go_native(print) end,
+        "weft.go_native: cfunc must be a C function (cdata), got function")
     end)
   end)
 end)

@@ -29,6 +29,7 @@ local contexts = {
   [table.sort] = "table.sort comparator",
   [string.gsub] = "string.gsub callback",
   [require] = "top level of a required chunk",
+  [collectgarbage] = "__gc metamethod",
   [pcall] = false, [xpcall] = false, [error] = false,
 }
 local function block_context()
@@ -44,7 +45,9 @@ local function block_context()
       end
     end
   end
-  return "Lua cannot yield here"
+  -- A finalizer run by an implicit collection sits right on the Lua frame
+  -- it interrupted, with no C frame to show for it.
+  return "__gc metamethod or another place Lua cannot yield across"
 end
 
 local function cannot_block()
@@ -101,6 +104,28 @@ weft.now, weft.id, weft.count, weft.procs = core.now, core.id, core.count, core.
 local names = setmetatable({}, { __mode = "k" })
 function weft.name(str)
   names[coroutine.running() or false] = tostring(str)
+end
+
+-- Starts a native goroutine running cfunc(arg) on its own stack: cfunc is a
+-- C function `void f(void *)` reached through the FFI; arg is nil, a cdata
+-- pointer, or channels (cfunc then gets a NULL-terminated weft_chan *array,
+-- each channel kept alive until cfunc returns).
+local ffi
+function weft.go_native(cfunc, ...)
+  ffi = ffi or require "ffi"
+  if type(cfunc) ~= "cdata" then
+    error("weft.go_native: cfunc must be a C function (cdata), got " .. type(cfunc), 2)
+  end
+  local ok, fp = pcall(ffi.cast, "void (*)(void *)", cfunc)
+  if not ok then error("weft.go_native: cfunc is not a C function: " .. tostring(fp), 2) end
+  local addr = tonumber(ffi.cast("uintptr_t", fp))
+  local arg = ...
+  if type(arg) == "cdata" then
+    return core.go_native(addr, tonumber(ffi.cast("uintptr_t", arg)))
+  elseif arg == nil then
+    return core.go_native(addr, nil)
+  end
+  return core.go_native(addr, nil, ...)
 end
 
 -- ---- channels ------------------------------------------------------------------
