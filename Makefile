@@ -128,9 +128,13 @@ demo: all
 	$(BUILD)/weft examples/pipeline.lua
 
 # Sanitizer builds live in their own build directories.
-asan: deps-san
+asan: deps-san all
 	$(MAKE) BUILD=build/asan CC=clang OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	  LDLIBS_ENGINE="-fsanitize=address,undefined -lev -lpthread -lm" ctest
+	  LDLIBS_ENGINE="-fsanitize=address,undefined -lev -lpthread -lm" ctest build/asan/weft_core.so
+	@# The Lua specs with the binding (and engine) built with ASAN+UBSan,
+	@# LuaJIT itself running with the ASAN runtime preloaded.
+	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=0 \
+	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua
 tsan: deps-san
 	$(MAKE) BUILD=build/tsan CC=clang OPT="-O1 -g -fsanitize=thread" \
 	  LDLIBS_ENGINE="-fsanitize=thread -lev -lpthread -lm" ctest
