@@ -210,54 +210,48 @@ static int select_result(weft_g *g, weft_case *cases) {
     return i;
 }
 
-int weft_select(weft_case *cases, int n, int nonblock) {
+/* Both entry points. A native goroutine parks here and gets its result; a
+ * hosted one is marked parked, its channels unlocked, and WEFT_PENDING is
+ * returned (it calls weft_select_finish once resumed). */
+static int select_common(weft_case *cases, int n, int nonblock, bool hosted) {
     int rc = check_cases(cases, n);
     if (rc != WEFT_OK)
         return rc;
     weft_g *g = weft_g_self();
-    bool native = weft_is_native(g);
-    if (!nonblock && !native)
+    bool can_wait = hosted ? g != NULL : weft_is_native(g);
+    if (!can_wait && (hosted || !nonblock))
         return WEFT_ENOTG;
     int small[2 * 16];
     int *order = n <= 16 ? small : malloc(2 * (size_t)n * sizeof *order);
     if (!order)
         return WEFT_ENOMEM;
     sel s;
-    rc = select_prepare(native ? g : NULL, cases, n, nonblock, order, &s);
-    if (rc == WEFT_PENDING && s.n == 0)
-        weft_park_forever("select (no cases)");
+    rc = select_prepare(can_wait ? g : NULL, cases, n, nonblock, order, &s);
     if (rc == WEFT_PENDING) {
-        weft_park("select", sel_unlock_cb, &s);
-        rc = select_result(g, cases);
+        if (hosted) {
+            weft_park_hosted(g, s.n ? "select" : "select (no cases)");
+            if (s.n)
+                sel_unlock(&s);
+        } else if (s.n == 0) {
+            weft_park_forever("select (no cases)");
+        } else {
+            weft_park("select", sel_unlock_cb, &s);
+            rc = select_result(g, cases);
+        }
     }
     if (order != small)
         free(order);
     return rc;
 }
 
+int weft_select(weft_case *cases, int n, int nonblock) {
+    return select_common(cases, n, nonblock, false);
+}
+
 /* Hosted goroutines (core.h). */
 
 int weft_select_start(weft_case *cases, int n, int nonblock) {
-    int rc = check_cases(cases, n);
-    if (rc != WEFT_OK)
-        return rc;
-    weft_g *g = weft_g_self();
-    if (!g)
-        return WEFT_ENOTG;
-    int small[2 * 16];
-    int *order = n <= 16 ? small : malloc(2 * (size_t)n * sizeof *order);
-    if (!order)
-        return WEFT_ENOMEM;
-    sel s;
-    rc = select_prepare(g, cases, n, nonblock, order, &s);
-    if (rc == WEFT_PENDING) {
-        weft_park_hosted(g, s.n ? "select" : "select (no cases)");
-        if (s.n)
-            sel_unlock(&s);
-    }
-    if (order != small)
-        free(order);
-    return rc;
+    return select_common(cases, n, nonblock, true);
 }
 
 int weft_select_finish(weft_case *cases, int n) {

@@ -64,12 +64,12 @@ static const char BUILDERS[] =
     "    if type(x) == 'string' then return string.format('%q', x) end\n"
     "    if type(x) ~= 'table' then return tostring(x) end\n"
     "    if ids[x] then return '@' .. ids[x] end\n"
-    "    n = n + 1; ids[x] = n\n"
+    "    n = n + 1; ids[x] = n; local id = n\n"
     "    local parts = {}\n"
     "    for k, w in next, x do parts[#parts + 1] = ind .. '  [' .. d(k, ind .. '  ') .. '] = ' .. d(w, ind .. '  ') end\n"
     "    local mt = debug.getmetatable(x)\n"
     "    if mt then parts[#parts + 1] = ind .. '  <mt> = ' .. d(mt, ind .. '  ') end\n"
-    "    return '#' .. n .. ' {\\n' .. table.concat(parts, ',\\n') .. '\\n' .. ind .. '}'\n"
+    "    return '#' .. id .. ' {\\n' .. table.concat(parts, ',\\n') .. '\\n' .. ind .. '}'\n"
     "  end\n"
     "  return d(v, '')\n"
     "end\n";
@@ -79,6 +79,10 @@ static lua_State *new_state(void) {
     if (!L)
         abort();
     luaL_openlibs(L);
+    if (getenv("CODEC_FUZZ_GCSTRESS")) { /* collect all the time */
+        lua_gc(L, LUA_GCSETPAUSE, 0);
+        lua_gc(L, LUA_GCSETSTEPMUL, 1000);
+    }
     luaL_newmetatable(L, "test.fake");
     lua_newtable(L);
     lua_pushcfunction(L, h_id);
