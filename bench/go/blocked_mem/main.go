@@ -8,34 +8,24 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
+	"weftbench/internal/benchutil"
 )
+
+var bench = benchutil.B{Name: "blocked_mem"}
 
 func rss() int64 {
 	b, err := os.ReadFile("/proc/self/statm")
 	if err != nil {
-		fail("cannot read /proc/self/statm: %v", err)
+		bench.Fail("cannot read /proc/self/statm: %v", err)
 	}
 	var size, resident int64
 	fmt.Sscan(string(b), &size, &resident)
 	return resident * 4096
 }
 
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, "blocked_mem: FAILED: "+format+"\n", args...)
-	os.Exit(1)
-}
-
 func main() {
-	n := 1000000
-	if len(os.Args) > 1 {
-		v, err := strconv.Atoi(os.Args[1])
-		if err != nil || v < 1 {
-			fail("bad count '%s'", os.Args[1])
-		}
-		n = v
-	}
+	n := int(bench.Iterations(1000000))
 	runtime.GC()
 	before := rss()
 	c := make(chan int)

@@ -11,33 +11,18 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"time"
+	"weftbench/internal/benchutil"
 )
 
 const name = "buffered"
 const defaultIters = 8000000
 const capacity = 128
 
+var bench = benchutil.B{Name: name}
+
 var iters int64
 var ch chan int64
-
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, name+": FAILED: "+format+"\n", args...)
-	os.Exit(1)
-}
-
-func iterations() int64 {
-	if len(os.Args) < 2 {
-		return defaultIters
-	}
-	n, err := strconv.ParseInt(os.Args[1], 10, 64)
-	if err != nil || n < 1 {
-		fail("bad iteration count '%s'", os.Args[1])
-	}
-	return n
-}
 
 func producer() {
 	n := iters
@@ -48,7 +33,7 @@ func producer() {
 }
 
 func main() {
-	iters = iterations()
+	iters = bench.Iterations(defaultIters)
 	n := iters
 	ch = make(chan int64, capacity)
 
@@ -58,7 +43,7 @@ func main() {
 	for v := range ch {
 		count++
 		if v != count {
-			fail("message %d is %d", count, v)
+			bench.Fail("message %d is %d", count, v)
 		}
 		sum += v
 	}
@@ -66,7 +51,7 @@ func main() {
 
 	want := n * (n + 1) / 2
 	if count != n || sum != want {
-		fail("received %d values summing to %d, want %d summing to %d", count, sum, n, want)
+		bench.Fail("received %d values summing to %d, want %d summing to %d", count, sum, n, want)
 	}
 	fmt.Printf("%s %.1f\n", name, float64(elapsed.Nanoseconds())/float64(n))
 }

@@ -11,31 +11,16 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"time"
+	"weftbench/internal/benchutil"
 )
 
 const name = "pingpong"
 const defaultIters = 1500000 // round trips
 
+var bench = benchutil.B{Name: name}
+
 var ping, pong, done chan int64
-
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, name+": FAILED: "+format+"\n", args...)
-	os.Exit(1)
-}
-
-func iterations() int64 {
-	if len(os.Args) < 2 {
-		return defaultIters
-	}
-	n, err := strconv.ParseInt(os.Args[1], 10, 64)
-	if err != nil || n < 1 {
-		fail("bad iteration count '%s'", os.Args[1])
-	}
-	return n
-}
 
 func echo() {
 	var sum int64
@@ -47,7 +32,7 @@ func echo() {
 }
 
 func main() {
-	n := iterations()
+	n := bench.Iterations(defaultIters)
 	ping = make(chan int64)
 	pong = make(chan int64)
 	done = make(chan int64, 1)
@@ -59,10 +44,10 @@ func main() {
 		ping <- i
 		v, ok := <-pong
 		if !ok {
-			fail("pong closed")
+			bench.Fail("pong closed")
 		}
 		if v != i {
-			fail("sent %d, got back %d", i, v)
+			bench.Fail("sent %d, got back %d", i, v)
 		}
 		sum += v
 	}
@@ -72,7 +57,7 @@ func main() {
 	echoSum := <-done
 	want := n * (n + 1) / 2
 	if sum != want || echoSum != want {
-		fail("sums %d (main) / %d (echo), want %d", sum, echoSum, want)
+		bench.Fail("sums %d (main) / %d (echo), want %d", sum, echoSum, want)
 	}
 	fmt.Printf("%s %.1f\n", name, float64(elapsed.Nanoseconds())/(2*float64(n)))
 }

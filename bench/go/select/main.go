@@ -12,33 +12,18 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"time"
+	"weftbench/internal/benchutil"
 )
 
 const name = "select"
 const defaultIters = 4000000
 const capacity = 128
 
+var bench = benchutil.B{Name: name}
+
 var iters int64
 var data, never chan int64
-
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, name+": FAILED: "+format+"\n", args...)
-	os.Exit(1)
-}
-
-func iterations() int64 {
-	if len(os.Args) < 2 {
-		return defaultIters
-	}
-	n, err := strconv.ParseInt(os.Args[1], 10, 64)
-	if err != nil || n < 1 {
-		fail("bad iteration count '%s'", os.Args[1])
-	}
-	return n
-}
 
 func producer() {
 	n := iters
@@ -48,7 +33,7 @@ func producer() {
 }
 
 func main() {
-	iters = iterations()
+	iters = bench.Iterations(defaultIters)
 	n := iters
 	data = make(chan int64, capacity)
 	never = make(chan int64)
@@ -60,21 +45,21 @@ func main() {
 		select {
 		case v, ok := <-data:
 			if !ok {
-				fail("select %d: data closed", i)
+				bench.Fail("select %d: data closed", i)
 			}
 			if v != i {
-				fail("select %d received %d", i, v)
+				bench.Fail("select %d received %d", i, v)
 			}
 			sum += v
 		case <-never:
-			fail("select %d chose the never channel", i)
+			bench.Fail("select %d chose the never channel", i)
 		}
 	}
 	elapsed := time.Since(t0)
 
 	want := n * (n + 1) / 2
 	if sum != want {
-		fail("sum %d, want %d", sum, want)
+		bench.Fail("sum %d, want %d", sum, want)
 	}
 	fmt.Printf("%s %.1f\n", name, float64(elapsed.Nanoseconds())/float64(n))
 }

@@ -12,39 +12,24 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"time"
+	"weftbench/internal/benchutil"
 )
 
 const name = "spawn"
 const defaultIters = 1200000
 const batch = 1000
 
+var bench = benchutil.B{Name: name}
+
 var done chan int64
-
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, name+": FAILED: "+format+"\n", args...)
-	os.Exit(1)
-}
-
-func iterations() int64 {
-	if len(os.Args) < 2 {
-		return defaultIters
-	}
-	n, err := strconv.ParseInt(os.Args[1], 10, 64)
-	if err != nil || n < 1 {
-		fail("bad iteration count '%s'", os.Args[1])
-	}
-	return n
-}
 
 func child(i int64) {
 	done <- i
 }
 
 func main() {
-	n := iterations()
+	n := bench.Iterations(defaultIters)
 	done = make(chan int64, batch)
 
 	var sum, count int64
@@ -60,7 +45,7 @@ func main() {
 		for j := int64(0); j < k; j++ {
 			v, ok := <-done
 			if !ok {
-				fail("done closed")
+				bench.Fail("done closed")
 			}
 			sum += v
 			count++
@@ -70,7 +55,7 @@ func main() {
 
 	want := n * (n + 1) / 2
 	if count != n || sum != want {
-		fail("%d completions summing to %d, want %d summing to %d", count, sum, n, want)
+		bench.Fail("%d completions summing to %d, want %d summing to %d", count, sum, n, want)
 	}
 	fmt.Printf("%s %.1f\n", name, float64(elapsed.Nanoseconds())/float64(n))
 }
