@@ -65,6 +65,14 @@ describe("goroutines", function()
     assert.are.equal(5050, total)
   end)
 
+  it("spawn says plainly that isolates are not available yet", function()
+    run(function()
+      assert.has_error(function() weft.spawn(function() end) end,
+        "weft.spawn: isolated goroutines are not available in this version of weft " ..
+        "(use weft.go, which shares memory and runs on one processor)")
+    end)
+  end)
+
   it("report id, count, procs and now", function()
     run(function()
       assert.are.equal(1, weft.id())

@@ -85,6 +85,13 @@ function weft.go(fn, ...)
   return core.go(fn, ...)
 end
 
+-- Isolated goroutines (one VM per processor) are not built yet; say so
+-- plainly rather than fail with "attempt to call a nil value".
+function weft.spawn()
+  error("weft.spawn: isolated goroutines are not available in this version of weft " ..
+    "(use weft.go, which shares memory and runs on one processor)", 2)
+end
+
 function weft.yield()
   if core.id() ~= 0 and co_isyieldable() then
     co_yield(YIELD)
