@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -38,6 +39,7 @@ enum {
     T_I64 = 0x0c,      /* 8 bytes */
     T_U64 = 0x0d,      /* 8 bytes */
     T_HANDLE = 0x0e,   /* varint handle index */
+    T_LATER = 0x0f,    /* a table whose contents follow the root value */
     T_SMALLINT = 0x40, /* 0x40 + n, n in 0..63 */
     T_SHORTSTR = 0x80  /* 0x80 + length, length in 0..127 */
 };
@@ -46,10 +48,16 @@ enum {
 #define HENT_SIZE 24
 #define BLOB_MAGIC 'w'
 #define BLOB_VERSION 1
+#define BLOB_F_REFS 1 /* header byte 2: the body refers back to objects */
 #define LUA_TCDATA_ 10 /* LuaJIT's lua_type() of cdata */
 #define SCRATCH 64     /* cdata up to this size go through an aligned scratch */
 #define MAX_NAME 200   /* longest cdata type name */
 #define BLOB_MAX 0xffffffffu
+/* Tables nested deeper than this (counting tables and functions) are written
+ * after the root value instead of inline, so that long chains (linked lists)
+ * copy without deep C recursion. Functions still nest up to
+ * WEFT_CODEC_MAX_DEPTH. */
+#define INLINE_DEPTH 64
 /* Keeps big locals of rare paths out of the frames of the recursive ones. */
 #define NOINLINE __attribute__((noinline))
 
@@ -434,10 +442,24 @@ typedef struct pent {
     uint32_t kind;
 } pent;
 
+/* Open addressing; starts in `small` (no allocation for small values). */
 typedef struct pmap {
     pent *t;
     size_t cap, n;
+    pent small[16];
 } pmap;
+
+static void pm_init(pmap *m) {
+    memset(m->small, 0, sizeof m->small);
+    m->t = m->small;
+    m->cap = sizeof m->small / sizeof m->small[0];
+    m->n = 0;
+}
+
+static void pm_free(pmap *m) {
+    if (m->t != m->small)
+        free(m->t);
+}
 
 static size_t pm_hash(const void *p, uint32_t kind) {
     uint64_t x = ((uint64_t)(uintptr_t)p ^ ((uint64_t)kind << 61)) * 0x9e3779b97f4a7c15ull;
@@ -445,7 +467,7 @@ static size_t pm_hash(const void *p, uint32_t kind) {
 }
 
 static int pm_grow(pmap *m) {
-    size_t ncap = m->cap ? m->cap * 2 : 64;
+    size_t ncap = m->cap * 4;
     pent *nt = calloc(ncap, sizeof *nt);
     if (!nt)
         return -1;
@@ -457,7 +479,7 @@ static int pm_grow(pmap *m) {
             j = (j + 1) & (ncap - 1);
         nt[j] = m->t[i];
     }
-    free(m->t);
+    pm_free(m);
     m->t = nt;
     m->cap = ncap;
     return 0;
@@ -493,7 +515,7 @@ NOINLINE static int lua_nups(lua_State *L, int idx) {
 
 /* ---- encoder -------------------------------------------------------------- */
 
-enum { SEG_ARR = 1, SEG_FIELD, SEG_KEY, SEG_META, SEG_UPVAL };
+enum { SEG_ARR = 1, SEG_FIELD, SEG_KEY, SEG_META, SEG_UPVAL, SEG_LATER };
 
 typedef struct seg {
     int kind;
@@ -508,21 +530,24 @@ typedef struct hent {
 } hent;
 
 /* Stack slots of the protected encoder frame. */
-enum { ES_CTX = 1, ES_VAL, ES_HENC, ES_HSTORE, ES_HANDLES };
+enum { ES_CTX = 1, ES_VAL, ES_HENC, ES_HSTORE, ES_HANDLES, ES_LATER };
 
 typedef struct enc {
     lua_State *L;
     weft_val *out;
     unsigned char *b;
     size_t n, cap;
-    pmap map;
     uint32_t nobjs;
+    uint32_t nrefs; /* references written (T_REF, T_UPJOIN) */
+    int nlater;     /* deferred tables, in ES_LATER[1..nlater] */
     hent *hs;
     size_t nh, hcap;
     int depth, nseg;
     int failed;
     char *err;
     size_t errlen;
+    /* not zeroed: */
+    pmap map;
     seg segs[WEFT_CODEC_MAX_DEPTH + 4];
     _Alignas(16) unsigned char scratch[SCRATCH];
 } enc;
@@ -709,6 +734,9 @@ static void render_path(enc *e, sbuf *s, int from, int to) {
         case SEG_KEY:
             sb_puts(&t, t.n ? ".<key>" : "<key>");
             break;
+        case SEG_LATER:
+            sb_puts(&t, "(...)");
+            break;
         case SEG_UPVAL:
             sb_puts(&t, "<upvalue ");
             render_upname(e, &t, g);
@@ -838,8 +866,10 @@ static int enc_seen(enc *e, int idx) {
     pent *p = pm_lookup(&e->map, lua_topointer(e->L, idx), K_OBJ, e->nobjs, &found);
     if (!p)
         return enc_fail(e, "cannot copy value: out of memory");
-    if (found)
+    if (found) {
+        e->nrefs++;
         return put_typed_varint(e, T_REF, p->v) ? -1 : 1;
+    }
     e->nobjs++;
     return 0;
 }
@@ -869,11 +899,34 @@ static int enc_enter(enc *e, const char *what) {
     return 0;
 }
 
-static int enc_table(enc *e, int idx) {
+/* Deep tables: numbered now, their contents written after the root. */
+NOINLINE static int enc_later(enc *e, int idx) {
     lua_State *L = e->L;
+    if (!lua_checkstack(L, 4))
+        return enc_fail(e, "cannot copy value: Lua stack overflow");
+    if (lua_isnil(L, ES_LATER)) {
+        lua_newtable(L);
+        lua_replace(L, ES_LATER);
+    }
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, ES_LATER, ++e->nlater);
+    return put_byte(e, T_LATER);
+}
+
+static int enc_table_body(enc *e, int idx);
+
+static int enc_table(enc *e, int idx) {
     int r = enc_seen(e, idx);
     if (r)
         return r < 0 ? -1 : 0;
+    if (e->depth >= INLINE_DEPTH)
+        return enc_later(e, idx);
+    return enc_table_body(e, idx);
+}
+
+static int enc_table_body(enc *e, int idx) {
+    lua_State *L = e->L;
+    int r;
     if (enc_enter(e, "table"))
         return -1;
     int mt = lua_getmetatable(L, idx) ? lua_gettop(L) : 0;
@@ -976,6 +1029,7 @@ static int enc_function(enc *e, int idx) {
             return enc_fail(e, "cannot copy value: out of memory");
         if (found) { /* shared with a function encoded earlier */
             uint64_t v = p->v;
+            e->nrefs++;
             if (put_typed_varint(e, T_UPJOIN, v >> 32) || put_varint(e, v & 0xffffffffu))
                 return -1;
             continue;
@@ -1153,6 +1207,7 @@ static int enc_protected(lua_State *L) {
     lua_pushnil(L); /* ES_HENC */
     lua_pushnil(L); /* ES_HSTORE */
     lua_pushnil(L); /* ES_HANDLES */
+    lua_pushnil(L); /* ES_LATER */
     int code = 0;
     if (lua_type(L, ES_VAL) == LUA_TCDATA_) {
         code = enc_cdata_describe(e, ES_VAL);
@@ -1166,7 +1221,7 @@ static int enc_protected(lua_State *L) {
             return 0;
         }
     }
-    e->cap = 256;
+    e->cap = 128;
     e->b = weft_val_alloc(e->out, (uint32_t)e->cap, WEFT_CODEC_TAG_BLOB);
     if (!e->b) {
         e->cap = 0;
@@ -1187,6 +1242,15 @@ static int enc_protected(lua_State *L) {
             return 0;
     } else if (enc_value(e, ES_VAL))
         return 0;
+    for (int i = 1; i <= e->nlater; i++) { /* deferred tables, in order */
+        lua_rawgeti(L, ES_LATER, i);
+        e->depth = 0;
+        e->nseg = 0;
+        seg_push(e, SEG_LATER, 0, 0, 0);
+        if (enc_table_body(e, lua_gettop(L)))
+            return 0;
+        lua_pop(L, 1);
+    }
     size_t body = e->n;
     if (e->nh > (BLOB_MAX - body) / HENT_SIZE) {
         enc_fail(e, "cannot copy value: its encoding exceeds 4 GiB");
@@ -1207,6 +1271,7 @@ static int enc_protected(lua_State *L) {
     uint32_t nobjs = e->nobjs, nh = (uint32_t)e->nh, off = (uint32_t)body;
     e->b[0] = BLOB_MAGIC;
     e->b[1] = BLOB_VERSION;
+    e->b[2] = e->nrefs ? BLOB_F_REFS : 0;
     memcpy(e->b + 4, &nobjs, 4);
     memcpy(e->b + 8, &nh, 4);
     memcpy(e->b + 12, &off, 4);
@@ -1233,7 +1298,7 @@ static void enc_cleanup(enc *e, int ok) {
         e->out->tag = WEFT_CODEC_TAG_BLOB;
         e->out->flags = WEFT_VAL_HEAP;
     }
-    free(e->map.t);
+    pm_free(&e->map);
     free(e->hs);
 }
 
@@ -1279,11 +1344,13 @@ int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t er
         set_err(err, errlen, "cannot copy value: Lua stack overflow");
         return -1;
     }
-    enc *e = calloc(1, sizeof *e); /* ~5 KiB: keep it off small goroutine stacks */
+    enc *e = malloc(sizeof *e); /* ~6 KiB: keep it off small goroutine stacks */
     if (!e) {
         set_err(err, errlen, "cannot copy value: out of memory");
         return -1;
     }
+    memset(e, 0, offsetof(enc, map));
+    pm_init(&e->map);
     e->L = L;
     e->out = out;
     e->err = err;
@@ -1309,6 +1376,7 @@ typedef struct blob {
     const unsigned char *b;
     size_t len;
     uint32_t nobjs, nh, off;
+    int refs; /* BLOB_F_REFS: objects must be kept for references */
 } blob;
 
 static const char *blob_parse(const weft_val *v, blob *o) {
@@ -1318,7 +1386,7 @@ static const char *blob_parse(const weft_val *v, blob *o) {
         return "inline value longer than 8 bytes";
     if (!b || len < HDR_SIZE)
         return "truncated header";
-    if (b[0] != BLOB_MAGIC || b[1] != BLOB_VERSION || b[2] || b[3])
+    if (b[0] != BLOB_MAGIC || b[1] != BLOB_VERSION || (b[2] & ~BLOB_F_REFS) || b[3])
         return "bad header";
     memcpy(&o->nobjs, b + 4, 4);
     memcpy(&o->nh, b + 8, 4);
@@ -1329,6 +1397,7 @@ static const char *blob_parse(const weft_val *v, blob *o) {
         return "bad object count";
     o->b = b;
     o->len = len;
+    o->refs = b[2] & BLOB_F_REFS;
     return NULL;
 }
 
@@ -1365,7 +1434,7 @@ void weft_codec_val_free(weft_val *v) {
 
 /* ---- decoder -------------------------------------------------------------- */
 
-enum { DS_CTX = 1, DS_REFS, DS_HDEC };
+enum { DS_CTX = 1, DS_REFS, DS_HDEC, DS_LATER };
 
 typedef struct dec {
     lua_State *L;
@@ -1373,6 +1442,7 @@ typedef struct dec {
     blob bl;
     const unsigned char *p, *end;
     uint32_t nobjs;
+    int nlater; /* deferred tables, in DS_LATER[1..nlater] */
     int depth;
     int failed;
     char *err;
@@ -1423,6 +1493,8 @@ static int dec_register(dec *d) {
     if (d->nobjs >= d->bl.nobjs)
         return corrupt(d, "more objects than declared");
     d->nobjs++;
+    if (!d->bl.refs)
+        return 0;
     lua_pushvalue(d->L, -1);
     lua_rawseti(d->L, DS_REFS, (int)d->nobjs);
     return 0;
@@ -1437,7 +1509,8 @@ static int dec_enter(dec *d) {
     return 0;
 }
 
-static int dec_table(dec *d, int with_mt) {
+/* Reads a table's contents; creates it (t == 0) or fills the table at t. */
+static int dec_table(dec *d, int with_mt, int t) {
     lua_State *L = d->L;
     uint64_t narr, nhash;
     if (rd_count(d, &narr, 1) || rd_count(d, &nhash, 2))
@@ -1446,10 +1519,12 @@ static int dec_table(dec *d, int with_mt) {
         return corrupt(d, "table too large");
     if (dec_enter(d))
         return -1;
-    lua_createtable(L, (int)narr, (int)nhash);
-    int t = lua_gettop(L);
-    if (dec_register(d))
-        return -1;
+    if (!t) {
+        lua_createtable(L, (int)narr, (int)nhash);
+        t = lua_gettop(L);
+        if (dec_register(d))
+            return -1;
+    }
     for (uint64_t i = 1; i <= narr; i++) {
         if (dec_value(d))
             return -1;
@@ -1515,7 +1590,7 @@ static int dec_function(dec *d) {
             d->p++;
             if (rd_varint(d, &obj) || rd_varint(d, &up))
                 return -1;
-            if (obj >= d->nobjs)
+            if (obj >= d->nobjs || !d->bl.refs)
                 return corrupt(d, "bad shared upvalue");
             lua_rawgeti(L, DS_REFS, (int)obj + 1);
             if (!lua_isfunction(L, -1) || lua_iscfunction(L, -1) || up < 1 ||
@@ -1612,6 +1687,20 @@ NOINLINE static int dec_handle(dec *d) {
     return dec_register(d);
 }
 
+NOINLINE static int dec_later(dec *d) {
+    lua_State *L = d->L;
+    if (d->nlater >= 0x7ffffff0)
+        return corrupt(d, "too many tables");
+    if (lua_isnil(L, DS_LATER)) {
+        lua_newtable(L);
+        lua_replace(L, DS_LATER);
+    }
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, DS_LATER, ++d->nlater);
+    return dec_register(d);
+}
+
 static int dec_value(dec *d) {
     lua_State *L = d->L;
     if (d->p >= d->end)
@@ -1663,12 +1752,14 @@ static int dec_value(dec *d) {
     }
     case T_TABLE:
     case T_TABLE_MT:
-        return dec_table(d, t == T_TABLE_MT);
+        return dec_table(d, t == T_TABLE_MT, 0);
+    case T_LATER:
+        return dec_later(d);
     case T_REF: {
         uint64_t id;
         if (rd_varint(d, &id))
             return -1;
-        if (id >= d->nobjs)
+        if (id >= d->nobjs || !d->bl.refs)
             return corrupt(d, "bad reference");
         lua_rawgeti(L, DS_REFS, (int)id + 1);
         return 0;
@@ -1712,12 +1803,29 @@ static int dec_protected(lua_State *L) {
         corrupt(d, "%s", why);
         return 0;
     }
-    lua_createtable(L, (int)(d->bl.nobjs < 1024 ? d->bl.nobjs : 1024), 0); /* DS_REFS */
+    if (d->bl.refs)
+        lua_createtable(L, (int)(d->bl.nobjs < 1024 ? d->bl.nobjs : 1024), 0); /* DS_REFS */
+    else
+        lua_pushnil(L);
     lua_pushnil(L);                                                      /* DS_HDEC */
+    lua_pushnil(L);                                                      /* DS_LATER */
     d->p = d->bl.b + HDR_SIZE;
     d->end = d->bl.b + d->bl.off;
     if (dec_value(d))
         return 0;
+    int root = lua_gettop(L);
+    for (int i = 1; i <= d->nlater; i++) { /* contents of the deferred tables */
+        lua_rawgeti(L, DS_LATER, i);
+        d->depth = 0;
+        if (d->p >= d->end || (*d->p != T_TABLE && *d->p != T_TABLE_MT)) {
+            corrupt(d, "missing deferred table");
+            return 0;
+        }
+        int with_mt = *d->p++ == T_TABLE_MT;
+        if (dec_table(d, with_mt, root + 1))
+            return 0;
+        lua_settop(L, root);
+    }
     if (d->p != d->end) {
         corrupt(d, "trailing bytes");
         return 0;

@@ -19,6 +19,7 @@
 #include <lualib.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -389,6 +390,46 @@ static void test_scalars(void) {
     }
 }
 
+/* ---- the comparator itself ------------------------------------------------ */
+
+static void test_deepeq(void) {
+    static const char src[] =
+        "local ffi = require 'ffi'\n"
+        "local function ne(a, b) return not deepeq(a, b) end\n"
+        "local s = {}\n"
+        "local c1 = {} c1.x = c1\n"
+        "local c2 = {} c2.x = {x = c2}\n"
+        "local function mk() local n = 0 return function() return n end, function() return n end end\n"
+        "local a1, b1 = mk() local a2, b2 = mk() local a3, b3 = mk() local a4, b4 = mk()\n"
+        "debug.upvaluejoin(b4, 1, a3, 1)\n"
+        "local k1, k2 = {1}, {1}\n"
+        "local checks = {\n"
+        "  deepeq({1, {2}, x = 'y'}, {1, {2}, x = 'y'}), ne({1}, {2}), ne({1}, {1, 2}), ne({a = 1}, {b = 1}),\n"
+        "  ne({s, s}, {{}, {}}), ne({{}, {}}, {s, s}), deepeq({s, s}, {k1 and {} or 0, 0}) == false,\n"
+        "  ne(c1, c2), deepeq(c1, (function() local c = {} c.x = c return c end)()),\n"
+        "  ne(0.0, -0.0), deepeq(0/0, 0/0), ne(1, '1'),\n"
+        "  ne(setmetatable({}, {}), {}), ne(setmetatable({}, {a = 1}), setmetatable({}, {a = 2})),\n"
+        "  ne({[{1}] = 1}, {[{2}] = 1}), deepeq({[k1] = k1}, {[k2] = k2}), ne({[k1] = k1}, {[k2] = k1}),\n"
+        "  deepeq({a1, b1}, {a2, b2}), ne({a1, b1}, {a4, b4}), deepeq({a1, b1}, {a3, b4}),\n"
+        "  ne(function() return 1 end, function() return 2 end),\n"
+        "  ne(ffi.new('struct pt', 1, 2), ffi.new('struct pt', 1, 3)), ne(1LL, 1ULL), ne(1LL, 2LL),\n"
+        "  deepeq(ffi.new('struct pt', 1, 2), ffi.new('struct pt', 1, 2)),\n"
+        "  ne(mkfake(1), mkfake(2)), deepeq(mkfake(1), mkfake(1)),\n"
+        "}\n"
+        "for i = 1, 27 do if checks[i] ~= true then return 'check ' .. i end end\n"
+        "return true\n";
+    char msg[200] = "";
+    int top = lua_gettop(B), ok = 0;
+    if (build(B, src, "=deepeq_test", msg, sizeof msg) == 0) {
+        ok = lua_type(B, -1) == LUA_TBOOLEAN && lua_toboolean(B, -1);
+        if (!ok)
+            setmsg(msg, sizeof msg, "%s", lua_tostring(B, -1));
+    }
+    lua_settop(B, top);
+    lua_gc(B, LUA_GCCOLLECT, 0);
+    result(ok, "the comparator tells equal from different values", "%s", msg);
+}
+
 /* ---- round trips ---------------------------------------------------------- */
 
 static void test_tables(void) {
@@ -421,6 +462,14 @@ static void test_tables(void) {
        "local root = {} local t = root for i = 2, 200 do local n = {} t[1] = n t = n end"
        " t.bottom = true return root",
        NULL);
+    rt("nested depth 1000 with keys and metatables on the way",
+       "local root = {} local t = root for i = 2, 1000 do local n = {i = i} t[1] = n"
+       " if i % 7 == 0 then setmetatable(n, {depth = i}) end if i % 11 == 0 then n[{i}] = t end t = n end"
+       " t.bottom = true return root",
+       "local t = ... for i = 2, 1000 do t = t[1] end return t.bottom and t.i == 1000");
+    rt("linked list of 100000 nodes",
+       "local head = nil for i = 100000, 1, -1 do head = {v = i, next = head} end return head",
+       "local n, p = 0, ... while p do n = n + 1 p = p.next end return n == 100000");
 }
 
 static void test_cycles(void) {
@@ -431,10 +480,10 @@ static void test_cycles(void) {
        "local t = ... return t[1] == t[2] and t[3][1] == t[1] and t.x == t[1]");
     rt("distinct equal tables stay distinct", "return {{}, {}}", "local t = ... return t[1] ~= t[2]");
     rt("table as its own key", "local t = {} t[t] = t return t", "local t = ... return t[t] == t");
-    rt("cycle of 200 tables",
-       "local first = {} local t = first for i = 1, 199 do t.next = {i = i} t = t.next end t.next = first"
+    rt("cycle of 5000 tables",
+       "local first = {} local t = first for i = 1, 4999 do t.next = {i = i} t = t.next end t.next = first"
        " return first",
-       "local t = ... local p = t for i = 1, 200 do p = p.next end return p == t");
+       "local t = ... local p = t for i = 1, 5000 do p = p.next end return p == t and t.next.next.i == 2");
     rt("metatable kept", "return setmetatable({x = 1}, {__index = {y = 2}})",
        "local t = ... return t.y == 2 and rawget(t, 'y') == nil");
     rt("metatable shared by many",
@@ -644,13 +693,14 @@ static void test_refusals(void) {
     refuse("released handle", "return {h = mknullfake()}", "cannot copy released test.fake at field 'h'");
     refuse("handles retained before a failure are released", "return {mkfake(1), mkfake(2), newproxy()}",
            "cannot copy userdata at [3]");
-    refuse("nested 201 deep",
-           "local root = {} local t = root for i = 2, 201 do local n = {} t[1] = n t = n end return root",
-           "~cannot copy table nested more than 200 levels deep at [1][1][1][1][1][1]...[1]");
     refuse("functions count as nesting",
            "local f = function() end for i = 1, 201 do local g = f f = function() return g end end return f",
            "~cannot copy function nested more than 200 levels deep at <upvalue 'g'><upvalue 'g'>");
     refuse("unregistered userdata with a metatable", "return io.stdout", "cannot copy userdata");
+    refuse("deep inside a long chain",
+           "local t = {} local p = t for i = 1, 150 do p.next = {} p = p.next end p.co = coroutine.create(print)"
+           " return t",
+           "~cannot copy thread at (...).next.next");
 }
 
 /* ---- corrupt input ------------------------------------------------------ */
@@ -771,6 +821,48 @@ static void test_corrupt(void) {
     result(1, "random bodies after a valid header decode or fail cleanly", NULL);
 }
 
+/* ---- on a small stack ------------------------------------------------------ */
+
+/* The deepest encodes and decodes (and the deepest error message) on a
+ * thread with a goroutine-sized stack (64 KiB; more under sanitizers, whose
+ * frames are much bigger). */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SMALL_STACK (1024 * 1024)
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SMALL_STACK (1024 * 1024)
+#endif
+#endif
+#ifndef SMALL_STACK
+#define SMALL_STACK (64 * 1024)
+#endif
+
+static void *small_stack_main(void *arg) {
+    (void)arg;
+    rt("199 functions nested through upvalues",
+       "local f = function() return 0 end for i = 1, 198 do local g = f f = function() return g() + 1 end end"
+       " return f",
+       "local f = ... return f() == 198");
+    rt("tables nested 5000 deep", "local t = {} for i = 1, 5000 do t = {t, {x = t}} end return t", NULL);
+    refuse("the deepest error message",
+           "local f = function() return newproxy() end for i = 1, 250 do local g = f f = function() return g end end"
+           " return f",
+           "~cannot copy function nested more than 200 levels deep at <upvalue 'g'>");
+    return NULL;
+}
+
+static void test_small_stack(void) {
+    pthread_attr_t attr;
+    pthread_t th;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, SMALL_STACK);
+    if (pthread_create(&th, &attr, small_stack_main, NULL) != 0)
+        result(0, "thread with a small stack", "pthread_create failed");
+    else
+        pthread_join(th, NULL);
+    pthread_attr_destroy(&attr);
+}
+
 /* ---- size and speed ------------------------------------------------------ */
 
 static void timed(const char *name, const char *src, const char *check) {
@@ -834,6 +926,7 @@ int main(void) {
     }
     A = new_state(1);
     B = new_state(1);
+    test_deepeq();
     test_scalars();
     test_tables();
     test_cycles();
@@ -842,6 +935,7 @@ int main(void) {
     test_handles();
     test_refusals();
     test_corrupt();
+    test_small_stack();
     test_big();
     lua_close(A);
     lua_close(B);
