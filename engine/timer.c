@@ -280,7 +280,10 @@ static int64_t to_ns(double seconds) {
     return (int64_t)(seconds * 1e9);
 }
 
-static weft_timer *timer_new(int kind, double seconds, double period) {
+/* A new armed timer in the current processor's heap; FUNC timers run
+ * fn(arg), the others get a channel of capacity 1. */
+static weft_timer *timer_new(int kind, double seconds, double period, void (*fn)(void *),
+                             void *arg) {
     if (atomic_load(&weft_S.state) != WEFT_SCHED_RUNNING)
         return NULL;
     weft_timer *t = calloc(1, sizeof *t);
@@ -291,7 +294,9 @@ static weft_timer *timer_new(int kind, double seconds, double period) {
     atomic_init(&t->p, NULL);
     t->idx = -1;
     t->kind = kind;
-    if (kind == WEFT_TIMER_CHAN || kind == WEFT_TIMER_TICKER || kind == WEFT_TIMER_AFTER) {
+    t->fn = fn;
+    t->arg = arg;
+    if (kind != WEFT_TIMER_FUNC) {
         t->c = weft_chan_new(1);
         if (!t->c) {
             free(t);
@@ -314,42 +319,23 @@ static weft_timer *timer_new(int kind, double seconds, double period) {
 }
 
 weft_timer *weft_timer_new(double seconds) {
-    return timer_new(WEFT_TIMER_CHAN, seconds, 0);
+    return timer_new(WEFT_TIMER_CHAN, seconds, 0, NULL, NULL);
 }
 
 weft_timer *weft_ticker_new(double period) {
     if (to_ns(period) <= 0)
         return NULL; /* also a positive period that rounds to 0 ns */
-    return timer_new(WEFT_TIMER_TICKER, period, period);
+    return timer_new(WEFT_TIMER_TICKER, period, period, NULL, NULL);
 }
 
 weft_timer *weft_after_func(double seconds, void (*fn)(void *), void *arg) {
-    if (!fn || atomic_load(&weft_S.state) != WEFT_SCHED_RUNNING)
+    if (!fn)
         return NULL;
-    weft_timer *t = calloc(1, sizeof *t);
-    if (!t)
-        return NULL;
-    weft_mutex_init(&t->mu);
-    atomic_init(&t->refs, 1);
-    atomic_init(&t->p, NULL);
-    t->idx = -1;
-    t->kind = WEFT_TIMER_FUNC;
-    t->fn = fn;
-    t->arg = arg;
-    t->when = weft_nanotime() + to_ns(seconds);
-    t->armed = true;
-    weft_mutex_lock(&t->mu);
-    int rc = heap_add(t, t->when);
-    weft_mutex_unlock(&t->mu);
-    if (rc != WEFT_OK) {
-        free(t);
-        return NULL;
-    }
-    return t;
+    return timer_new(WEFT_TIMER_FUNC, seconds, 0, fn, arg);
 }
 
 weft_chan *weft_after(double seconds) {
-    weft_timer *t = timer_new(WEFT_TIMER_AFTER, seconds, 0);
+    weft_timer *t = timer_new(WEFT_TIMER_AFTER, seconds, 0, NULL, NULL);
     if (!t)
         return NULL;
     weft_chan *c = t->c;
