@@ -62,13 +62,16 @@ static inline int64_t bench_iters(const char *name, int argc, char **argv, int64
     return (int64_t)n;
 }
 
-/* Runs main_fn as the main goroutine on a fresh engine. */
-static inline void bench_run(const char *name, void (*main_fn)(void *)) {
+/* Runs main_fn as the main goroutine on a fresh engine; main_fn stores its
+ * result (>= 0) in *ns_per_op, which starts out negative. */
+static inline void bench_run(const char *name, void (*main_fn)(void *), const double *ns_per_op) {
     weft_config cfg = {0};
     cfg.procs = bench_procs(name);
     int rc = weft_run(&cfg, main_fn, NULL);
     if (rc != WEFT_OK)
         bench_fail(name, "weft_run returned %d", rc);
+    if (*ns_per_op < 0)
+        bench_fail(name, "main goroutine did not finish");
 }
 
 static inline weft_chan *bench_chan(const char *name, size_t cap) {
