@@ -9,24 +9,23 @@
  * goroutines: each is a Lua coroutine of processor 0's VM, anchored in the
  * registry, resumed by host_run() from the scheduler loop.
  *
- * Blocking protocol (lua/weft/init.lua drives it): a blocking operation is
- * core.<op>(..., can_wait). It completes at once (returns 0 and results),
- * or, when it must wait, queues the goroutine with the engine's two-phase
- * *_start call and returns 1; the Lua side then yields WAIT (through any user
- * coroutines, see the coroutine wrappers in init.lua) back to host_run, which
- * reports the goroutine parked. When a waker readies it, host_run resumes it
- * and the Lua side calls core.<op>_finish() for the result. With can_wait
- * false (Lua cannot yield here) an operation that would have to wait raises
- * "cannot block here: ..." instead, having queued nothing.
+ * Blocking: channel operations and select go through the FFI (fast.c,
+ * which describes the protocol); this file adds the classic functions they
+ * need around it: core.encode/core.decode for values the Lua side does not
+ * write itself, and sleep. A goroutine that must wait yields WAIT (through
+ * any user coroutines, see the coroutine wrappers in init.lua) back to
+ * host_run, which reports it parked; once readied, host_run resumes it and
+ * the Lua side collects the result.
  *
  * Invariants: only processor 0's thread touches the VM (every hosted
  * goroutine is bound to processor 0 in this version); a goroutine's pending
  * select cases live in its hostg until the select finishes; every value
  * leaving Lua is encoded by the codec and freed exactly once: by the receiver
- * after decoding, by weft_codec_val_free when dropped, or here on error.
+ * after decoding, by weft_codec_val_free when dropped, or here on error; a
+ * hostg in the reuse pool has no pending select and an empty coroutine.
  */
 #include "codec.h"
-#include "core.h"
+#include "host.h"
 
 #include <dlfcn.h>
 #include <lauxlib.h>
@@ -37,57 +36,115 @@
 #define CHAN_MT "weft.chan"
 #define TIMER_MT "weft.timer"
 
-/* Userdata payloads start with the engine object (the codec's handle rule). */
-typedef struct lchan {
-    weft_chan *c;
-} lchan;
 typedef struct ltimer {
     weft_timer *t;
 } ltimer;
 
-/* A Lua goroutine. */
-typedef struct hostg {
-    lua_State *co;
-    int ref;   /* anchors co in the registry */
-    int nargs; /* values to pass to the next resume */
-    bool main;
-    const char *name;
-    weft_case *cases; /* a select in progress */
-    int ncases, capcases;
-} hostg;
-
-static char wait_marker, yield_marker;
+/* What a goroutine yields: OP to start the operation it recorded (fast.c),
+ * anything else to be queued again (weft.yield). */
+static char op_marker, yield_marker;
 
 /* State of the running weft.run (one at a time). */
 static struct {
     lua_State *L;  /* the thread that called weft.run (processor 0's VM) */
     int err_ref;   /* the first uncaught error, as a message with traceback */
     int nresults;  /* main's results, moved onto L's stack */
-} R = {NULL, LUA_NOREF, 0};
+    hostg *pool;   /* finished goroutines' hostgs, coroutines kept, for reuse */
+    int npool;
+} R = {NULL, LUA_NOREF, 0, NULL, 0};
+
+/* A coroutine that returned is as good as new (LuaJIT resumes it again
+ * once a function is pushed), so `go` reuses them: up to POOL_MAX. */
+enum { POOL_MAX = 256 };
 
 /* ---- the host ------------------------------------------------------------- */
+
+/* Frees what h holds for an operation under way: a send's value, and its
+ * select's send values except case keep's. */
+static void hostg_drop_cases(hostg *h, int keep) {
+    weft_codec_val_free(&h->held);
+    for (int i = 0; i < h->ncases; i++)
+        if (i != keep && h->cases[i].dir == WEFT_CASE_SEND)
+            weft_codec_val_free(&h->cases[i].val);
+    h->ncases = 0;
+}
 
 static void hostg_free(hostg *h) {
     if (R.L)
         luaL_unref(R.L, LUA_REGISTRYINDEX, h->ref);
-    for (int i = 0; i < h->ncases; i++)
-        if (h->cases[i].dir == WEFT_CASE_SEND)
-            weft_codec_val_free(&h->cases[i].val);
+    hostg_drop_cases(h, -1);
     free(h->cases);
+    free(h->name);
     free(h);
+}
+
+/* A goroutine finished normally: keep its hostg (and coroutine) for reuse. */
+static void hostg_recycle(hostg *h) {
+    if (R.npool >= POOL_MAX || h->main) {
+        hostg_free(h);
+        return;
+    }
+    lua_settop(h->co, 0);
+    hostg_drop_cases(h, -1);
+    free(h->name);
+    h->name = NULL;
+    h->nargs = 0;
+    h->op = WEFT_HOSTOP_NONE;
+    h->opdone = false;
+    h->next = R.pool;
+    R.pool = h;
+    R.npool++;
+}
+
+static void pool_drain(void) {
+    while (R.pool) {
+        hostg *h = R.pool;
+        R.pool = h->next;
+        hostg_free(h);
+    }
+    R.npool = 0;
+}
+
+bool weft_hostg_reserve_cases(hostg *h, int n) {
+    if (n <= h->capcases)
+        return true;
+    weft_case *cs = realloc(h->cases, (size_t)n * sizeof *cs);
+    if (!cs)
+        return false;
+    h->cases = cs;
+    h->capcases = n;
+    return true;
+}
+
+void weft_hostg_select_done(hostg *h, int i, weft_case *res) {
+    bool taken = i >= 0 && (h->cases[i].dir == WEFT_CASE_RECV || h->cases[i].ok);
+    if (i >= 0)
+        *res = h->cases[i];
+    hostg_drop_cases(h, taken ? i : -1);
 }
 
 static void host_run(weft_proc *p, weft_g *g) {
     (void)p;
     hostg *h = g->host;
     lua_State *co = h->co;
-    int nargs = h->nargs;
-    h->nargs = 0;
-    int rc = lua_resume(co, nargs);
-    if (rc == LUA_YIELD) {
-        g->parkop = lua_touserdata(co, -1) == &wait_marker ? WEFT_PARK_WAIT : WEFT_PARK_YIELD;
+    int rc;
+    for (;;) {
+        int nargs = h->nargs;
+        h->nargs = 0;
+        rc = lua_resume(co, nargs);
+        if (rc != LUA_YIELD)
+            break;
+        void *mark = lua_touserdata(co, -1);
         lua_settop(co, 0);
-        return;
+        if (mark != &op_marker) {
+            g->parkop = WEFT_PARK_YIELD;
+            return;
+        }
+        if (weft_hostg_start(h) == WEFT_PENDING) {
+            g->parkop = WEFT_PARK_WAIT;
+            return;
+        }
+        /* Completed as it started: run on. */
     }
     if (rc == 0) {
         if (h->main) {
@@ -97,18 +154,21 @@ static void host_run(weft_proc *p, weft_g *g) {
                 R.nresults = n;
             }
         }
-    } else if (R.err_ref == LUA_NOREF) {
-        if (!lua_isstring(co, -1) && luaL_callmeta(co, -1, "__tostring"))
-            lua_replace(co, -2); /* e.g. a luassert failure */
-        const char *msg = lua_tostring(co, -1);
-        lua_pushfstring(R.L, "error in goroutine %d: %s", (int)g->id,
-                        msg ? msg : "(error object is not a string)");
-        luaL_traceback(R.L, co, lua_tostring(R.L, -1), 0);
-        lua_remove(R.L, -2);
-        R.err_ref = luaL_ref(R.L, LUA_REGISTRYINDEX);
-        weft_shutdown(); /* an uncaught error is fatal, as a panic is in Go */
+        hostg_recycle(h);
+    } else {
+        if (R.err_ref == LUA_NOREF) {
+            if (!lua_isstring(co, -1) && luaL_callmeta(co, -1, "__tostring"))
+                lua_replace(co, -2); /* e.g. a luassert failure */
+            const char *msg = lua_tostring(co, -1);
+            lua_pushfstring(R.L, "error in goroutine %d: %s", (int)g->id,
+                            msg ? msg : "(error object is not a string)");
+            luaL_traceback(R.L, co, lua_tostring(R.L, -1), 0);
+            lua_remove(R.L, -2);
+            R.err_ref = luaL_ref(R.L, LUA_REGISTRYINDEX);
+            weft_shutdown(); /* an uncaught error is fatal, as a panic is in Go */
+        }
+        hostg_free(h);
     }
-    hostg_free(h);
     g->host = NULL;
     g->parkop = WEFT_PARK_EXIT;
 }
@@ -122,11 +182,19 @@ static const weft_host lua_host = {host_run, host_discard};
 
 /* A hostg for function at index fidx and the nargs values after it. */
 static hostg *hostg_new(lua_State *L, int fidx, int nargs) {
-    hostg *h = calloc(1, sizeof *h);
-    if (!h)
-        luaL_error(L, "out of memory");
-    h->co = lua_newthread(L);
-    h->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    hostg *h = R.pool;
+    if (h) {
+        R.pool = h->next;
+        R.npool--;
+        h->next = NULL;
+    } else {
+        h = calloc(1, sizeof *h);
+        if (!h)
+            luaL_error(L, "out of memory");
+        h->co = lua_newthread(L);
+        h->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_checkstack(h->co, nargs + 1);
     lua_pushvalue(L, fidx);
     for (int i = 1; i <= nargs; i++)
         lua_pushvalue(L, fidx + i);
@@ -152,6 +220,7 @@ static int l_run(lua_State *L) {
     R.nresults = 0;
     weft_config cfg = {procs, 0};
     int rc = weft_run_hosted(&cfg, &lua_host, h);
+    pool_drain();
     R.L = NULL;
     if (rc != WEFT_OK) {
         if (rc == WEFT_ESTATE)
@@ -212,13 +281,22 @@ static int l_now(lua_State *L) {
     return 1;
 }
 
-/* core.sleep(seconds) -> 1 if the goroutine must wait (yield WAIT), 0 if it
- * should just yield (zero or negative time). */
+/* core.sleep(seconds) -> 1 when the goroutine must yield OP to sleep (the
+ * sleep is recorded as its operation), 0 when it should just yield (zero or
+ * negative time). */
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
-    current(L, "sleep");
-    int64_t ns = s != s || s <= 0 ? 0 : s > 9e9 ? (int64_t)9e18 : (int64_t)(s * 1e9);
-    lua_pushinteger(L, weft_sleep_start(ns) == WEFT_PENDING ? 1 : 0);
+    hostg *h = weft_hostg_self();
+    if (!h)
+        return luaL_error(L, "weft.sleep: not inside a goroutine (start one with weft.run)");
+    if (s != s || s <= 0) {
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    h->op = WEFT_HOSTOP_SLEEP;
+    h->opdone = false;
+    h->sleepns = s > 9e9 ? (int64_t)9e18 : (int64_t)(s * 1e9);
+    lua_pushinteger(L, 1);
     return 1;
 }
 
@@ -277,167 +355,52 @@ static int l_tostring(lua_State *L) {
     return 1;
 }
 
-static void encode(lua_State *L, int idx, weft_val *v) {
-    char err[256];
-    if (weft_codec_encode(L, idx, v, err, sizeof err) != 0)
-        luaL_error(L, "%s", err);
+/* The weft_val inside a cdata buffer (a weft_val array or a struct whose
+ * first member is one: lua_topointer gives the cdata's payload). */
+enum { WEFT_LUA_TCDATA = 10 }; /* lua_type() of a cdata in LuaJIT */
+
+static weft_val *valbuf(lua_State *L, int idx) {
+    if (lua_type(L, idx) != WEFT_LUA_TCDATA)
+        luaL_argerror(L, idx, "value buffer expected");
+    return (weft_val *)lua_topointer(L, idx);
 }
 
-static int decode(lua_State *L, weft_val *v) {
-    char err[256];
-    int rc = weft_codec_decode(L, v, err, sizeof err);
-    weft_codec_val_free(v);
+/* core.encode(v, buf): encodes v into buf, the value that a send then takes
+ * (fast.c). Raises "send of nil value" and the codec's errors. */
+static int l_encode(lua_State *L) {
+    weft_val *out = valbuf(L, 2);
+    if (lua_isnoneornil(L, 1))
+        return luaL_error(L, "send of nil value");
+    char err[WEFT_CODEC_ERRLEN];
+    if (weft_codec_encode(L, 1, out, err, sizeof err) != 0)
+        return luaL_error(L, "%s", err);
+    return 0;
+}
+
+/* core.decode(buf) -> v: the value received into buf, which is freed. */
+static int l_decode(lua_State *L) {
+    weft_val v = *valbuf(L, 1);
+    memset(valbuf(L, 1), 0, sizeof v);
+    char err[WEFT_CODEC_ERRLEN];
+    int rc = weft_codec_decode(L, &v, err, sizeof err);
+    weft_codec_val_free(&v);
     if (rc != 0)
         return luaL_error(L, "%s", err);
     return 1;
 }
 
-/* Pushes a receive's results: the decoded value and true, or nil and false
- * for a closed channel. */
-static int push_received(lua_State *L, int got, weft_val *v) {
-    if (got == 1) {
-        decode(L, v);
-        lua_pushboolean(L, 1);
-    } else {
-        lua_pushnil(L);
-        lua_pushboolean(L, 0);
-    }
-    return 2;
-}
-
-static int can_wait(lua_State *L, int idx) {
-    return lua_toboolean(L, idx);
-}
-
-/* core.send(ch, v, can_wait) -> 0 done | 1 wait; raises on closed. */
-static int l_send(lua_State *L) {
-    weft_chan *c = checkchan(L, 1);
-    if (lua_isnoneornil(L, 2))
-        return luaL_error(L, "send of nil value");
-    current(L, "send");
-    weft_val v;
-    encode(L, 2, &v);
-    int rc = can_wait(L, 3) ? weft_chan_send_start(c, &v) : weft_chan_trysend(c, v);
-    if (rc == WEFT_OK) {
-        lua_pushinteger(L, 0);
-        return 1;
-    }
-    if (rc == WEFT_PENDING) {
-        lua_pushinteger(L, 1);
-        return 1;
-    }
-    weft_codec_val_free(&v);
-    if (rc == WEFT_ECLOSED)
-        return luaL_error(L, "send on closed channel");
-    lua_pushinteger(L, 2); /* would block where Lua cannot yield */
-    return 1;
-}
-
-static int l_send_finish(lua_State *L) {
-    weft_val v;
-    if (weft_chan_send_finish(&v) == WEFT_ECLOSED) {
-        weft_codec_val_free(&v);
-        return luaL_error(L, "send on closed channel");
-    }
+/* core.name(str): names the calling goroutine (for dumps). */
+static int l_name(lua_State *L) {
+    const char *s = luaL_checkstring(L, 1);
+    hostg *h = weft_hostg_self();
+    if (!h)
+        return luaL_error(L, "weft.name: not inside a goroutine (start one with weft.run)");
+    char *copy = strdup(s);
+    if (!copy)
+        return luaL_error(L, "out of memory");
+    free(h->name);
+    h->name = copy;
     return 0;
-}
-
-/* core.recv(ch, can_wait) -> 0, v, ok | 1 (wait) | 2 (would block) */
-static int l_recv(lua_State *L) {
-    weft_chan *c = checkchan(L, 1);
-    current(L, "recv");
-    weft_val v;
-    int rc = can_wait(L, 2) ? weft_chan_recv_start(c, &v) : weft_chan_tryrecv(c, &v);
-    if (rc == WEFT_PENDING || rc == WEFT_EAGAIN) {
-        lua_pushinteger(L, rc == WEFT_PENDING ? 1 : 2);
-        return 1;
-    }
-    lua_pushinteger(L, 0);
-    return 1 + push_received(L, rc, &v);
-}
-
-static int l_recv_finish(lua_State *L) {
-    weft_val v;
-    return push_received(L, weft_chan_recv_finish(&v), &v);
-}
-
-/* ---- select ------------------------------------------------------------------ */
-
-/* Reports the chosen case i of h's select: returns i (1-based), v, ok for a
- * receive; frees the values of send cases not taken. */
-static int select_report(lua_State *L, hostg *h, int i) {
-    int n = h->ncases;
-    h->ncases = 0;
-    for (int k = 0; k < n; k++)
-        if (h->cases[k].dir == WEFT_CASE_SEND && (k != i || !h->cases[k].ok))
-            weft_codec_val_free(&h->cases[k].val);
-    if (i < 0) {
-        lua_pushinteger(L, 0);
-        return 1;
-    }
-    weft_case *cs = &h->cases[i];
-    if (cs->dir == WEFT_CASE_SEND && !cs->ok)
-        return luaL_error(L, "send on closed channel");
-    lua_pushinteger(L, i + 1);
-    if (cs->dir == WEFT_CASE_SEND)
-        return 1;
-    return 1 + push_received(L, cs->ok, &cs->val);
-}
-
-/* core.select(n, nonblock, can_wait, dir1, ch1, v1, dir2, ch2, v2, ...)
- * dir: 1 recv, 2 send; ch may be nil. Returns 1 (wait), 2 (would block), or
- * the chosen case's index (0 for none with nonblock) and its results. */
-static int l_select(lua_State *L) {
-    int n = (int)luaL_checkinteger(L, 1);
-    int nonblock = lua_toboolean(L, 2);
-    int wait = can_wait(L, 3);
-    weft_g *g = current(L, "select");
-    hostg *h = g->host;
-    if (n > h->capcases) {
-        weft_case *cs = realloc(h->cases, (size_t)n * sizeof *cs);
-        if (!cs)
-            return luaL_error(L, "out of memory");
-        h->cases = cs;
-        h->capcases = n;
-    }
-    h->ncases = 0;
-    for (int i = 0; i < n; i++) {
-        int b = 4 + 3 * i;
-        int dir = (int)lua_tointeger(L, b);
-        weft_chan *c = lua_isnil(L, b + 1) ? NULL : checkchan(L, b + 1);
-        h->cases[i] = dir == WEFT_CASE_SEND ? weft_case_send(c, weft_val_int(0)) : weft_case_recv(c);
-        h->ncases = i + 1;
-        if (dir == WEFT_CASE_SEND) {
-            if (lua_isnil(L, b + 2)) {
-                select_report(L, h, -1);
-                return luaL_error(L, "send of nil value");
-            }
-            encode(L, b + 2, &h->cases[i].val);
-        }
-    }
-    int rc = weft_select_start(h->cases, n, nonblock || !wait);
-    if (rc == WEFT_PENDING) {
-        lua_pushinteger(L, 1);
-        return 1;
-    }
-    if (rc == -1 && !nonblock) { /* had to wait where Lua cannot yield */
-        select_report(L, h, -1);
-        lua_pushinteger(L, 2);
-        return 1;
-    }
-    if (rc < -1) {
-        select_report(L, h, -1);
-        return luaL_error(L, "weft.select: bad cases (%d)", rc);
-    }
-    lua_pushinteger(L, 0);
-    return 1 + select_report(L, h, rc);
-}
-
-static int l_select_finish(lua_State *L) {
-    weft_g *g = current(L, "select");
-    hostg *h = g->host;
-    int i = weft_select_finish(h->cases, h->ncases);
-    return select_report(L, h, i);
 }
 
 /* ---- native goroutines ----------------------------------------------------------- */
@@ -590,15 +553,12 @@ int luaopen_weft_core(lua_State *L) {
         {"now", l_now},
         {"sleep", l_sleep},
         {"chan", l_chan},
+        {"encode", l_encode},
+        {"decode", l_decode},
+        {"name", l_name},
         {"len", l_len},
         {"cap", l_cap},
         {"close", l_close},
-        {"send", l_send},
-        {"send_finish", l_send_finish},
-        {"recv", l_recv},
-        {"recv_finish", l_recv_finish},
-        {"select", l_select},
-        {"select_finish", l_select_finish},
         {"after", l_after},
         {"timer", l_timer},
         {"timer_stop", l_timer_stop},
@@ -619,8 +579,8 @@ int luaopen_weft_core(lua_State *L) {
 
     lua_newtable(L);
     luaL_register(L, NULL, fns);
-    lua_pushlightuserdata(L, &wait_marker);
-    lua_setfield(L, -2, "WAIT");
+    lua_pushlightuserdata(L, &op_marker);
+    lua_setfield(L, -2, "OP");
     lua_pushlightuserdata(L, &yield_marker);
     lua_setfield(L, -2, "YIELD");
     luaL_getmetatable(L, CHAN_MT);

@@ -73,6 +73,27 @@ describe("goroutines", function()
     end)
   end)
 
+  it("get their own function and arguments when goroutines are reused", function()
+    local got = run(function()
+      local out = weft.chan(64)
+      local sum = 0
+      for round = 1, 20 do
+        for i = 1, 50 do
+          weft.go(function(a, b) out:send(a * 1000 + b) end, round, i)
+        end
+        local seen = {}
+        for _ = 1, 50 do
+          local v = out:recv()
+          assert.is_nil(seen[v]); seen[v] = true
+          assert.are.equal(round, math.floor(v / 1000))
+          sum = sum + v % 1000
+        end
+      end
+      return sum
+    end)
+    assert.are.equal(20 * (50 * 51 / 2), got)
+  end)
+
   it("report id, count, procs and now", function()
     run(function()
       assert.are.equal(1, weft.id())
@@ -303,6 +324,41 @@ describe("select", function()
     end)
   end)
 
+  it("sends every kind of value and frees the cases not taken", function()
+    run(function()
+      local full, open = weft.chan(1), weft.chan(4)
+      full:send(0)
+      local long = ("v"):rep(1000)
+      local values = { 1.5, true, false, "short", long, { k = long }, 2LL }
+      for _, v in ipairs(values) do
+        local k = weft.select(weft.send(full, long), weft.send(open, v))
+        assert.are.equal(2, k)
+        local got = open:recv()
+        if type(v) == "table" then assert.are.same(v, got) else assert.are.equal(v, got) end
+      end
+      assert.are.equal(0, full:recv())
+    end)
+  end)
+
+  it("frees the values already encoded when a later case cannot be copied", function()
+    run(function()
+      local c = weft.chan(1)
+      assert.has_error(function()
+        weft.select(weft.send(c, ("a"):rep(100)), weft.send(c, coroutine.create(print)))
+      end)
+      assert.are.equal(0, #c)
+    end)
+  end)
+
+  it("rejects a case whose channel is not a channel", function()
+    run(function()
+      assert.has_error(function() weft.recv(io.stdout) end,
+        "weft.recv: ch must be a channel or nil, got userdata")
+      assert.has_error(function() weft.send({}, 1) end,
+        "weft.send: ch must be a channel or nil, got table")
+    end)
+  end)
+
   it("rejects things that are not cases", function()
     run(function()
       assert.has_error(function() weft.select(42) end,
@@ -395,6 +451,44 @@ describe("blocking where Lua cannot yield", function()
       collectgarbage()
       collectgarbage()
       assert.matches("cannot block here: __gc metamethod", seen)
+    end)
+  end)
+
+  it("raises inside a user coroutine resumed where the goroutine cannot yield", function()
+    run(function()
+      local c = weft.chan()
+      local err
+      table.sort({ 2, 1 }, function(x, y)
+        local co = coroutine.create(function() return c:recv() end)
+        local ok, e = coroutine.resume(co)
+        if not ok then err = e end
+        return x < y
+      end)
+      assert.matches("cannot block here", err)
+      -- The dropped receive left nothing queued: a sender still blocks
+      -- until a real receiver comes.
+      weft.go(function() c:send("after") end)
+      assert.are.equal("after", c:recv())
+    end)
+  end)
+
+  it("drops the value of a send that cannot wait, and the cases of a select", function()
+    run(function()
+      local c = weft.chan()
+      for _ = 1, 100 do
+        assert.has_error(function()
+          table.sort({ 2, 1 }, function(x, y) c:send(("x"):rep(100)) return x < y end)
+        end, "cannot block here: table.sort comparator")
+        assert.has_error(function()
+          table.sort({ 2, 1 }, function(x, y)
+            weft.select(weft.send(c, ("y"):rep(100)), weft.send(c, { 1, 2 }))
+            return x < y
+          end)
+        end, "cannot block here: table.sort comparator")
+      end
+      assert.are.equal(0, #c)
+      weft.go(function() c:send("z") end)
+      assert.are.equal("z", c:recv())
     end)
   end)
 

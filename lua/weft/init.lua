@@ -1,23 +1,47 @@
 -- weft: Go-style goroutines, channels, select and timers for LuaJIT.
 --
 -- Goroutines are Lua coroutines run by the engine's scheduler (weft_core).
--- A blocking operation asks the core to wait; if it must, the goroutine
--- yields WAIT to the scheduler and, once woken, collects the result. User
--- coroutines inside goroutines keep working: the wrappers below pass a WAIT
--- (or YIELD) from an inner coroutine up to the scheduler and resume the inner
--- coroutine afterwards, so a block inside a generator parks the whole
--- goroutine. Where Lua cannot yield, a blocking operation raises
--- "cannot block here: <context>" instead of hanging.
+-- A channel operation or select is an FFI call (bindings/fast.c) that
+-- completes at once or records the operation; then the goroutine yields OP
+-- to the scheduler, which starts it and parks the goroutine, and once woken
+-- the goroutine collects the result with another FFI call. User coroutines
+-- inside goroutines keep working: the wrappers below pass an OP (or YIELD)
+-- from an inner coroutine up to the scheduler and resume the inner coroutine
+-- afterwards, so a block inside a generator parks the whole goroutine. Where
+-- Lua cannot yield, a blocking operation raises "cannot block here:
+-- <context>" instead of hanging.
 
 local core = require "weft_core"
+local ffi = require "ffi"
 
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local co_status, co_isyieldable = coroutine.status, coroutine.isyieldable
 local select, error, type, getinfo = select, error, type, debug.getinfo
 local unpack = unpack or table.unpack
-local WAIT, YIELD = core.WAIT, core.YIELD
-local core_send, core_recv, core_select = core.send, core.recv, core.select
-local send_finish, recv_finish, select_finish = core.send_finish, core.recv_finish, core.select_finish
+local OP, YIELD = core.OP, core.YIELD
+local CANNOT = {} -- resumed with this by a wrapper that cannot pass OP up
+
+ffi.cdef [[
+typedef struct weft_lua_val {
+  union { int64_t i; uint64_t u; double d; void *p; char b[8]; } u;
+  uint32_t len; uint16_t tag; uint16_t flags;
+} weft_lua_val;
+typedef struct weft_lua_case { void *ch; int dir; weft_lua_val val; int ok; } weft_lua_case;
+int weft_lua_send(void *ch, weft_lua_val *v);
+int weft_lua_send_finish(void);
+int weft_lua_recv(void *ch, weft_lua_val *out);
+int weft_lua_recv_finish(weft_lua_val *out);
+int weft_lua_select(const weft_lua_case *cs, int n, int nonblock, weft_lua_case *res);
+int weft_lua_select_finish(weft_lua_case *res);
+void weft_lua_drop(void);
+int weft_lua_val_string(weft_lua_val *v, const char *s, size_t len);
+void weft_lua_val_free(weft_lua_val *v);
+]]
+local C, ffi_string = ffi.C, ffi.string
+local DONE, BLOCK, CLOSED = 0, 2, 3
+local SEL_NONE, SEL_NOTG, SEL_BLOCK = -1, -3, -5
+local TAG_RAW, TAG_BOOL, TAG_NUMBER = 0, 1, 2
+local core_encode, core_decode = core.encode, core.decode
 
 local weft = { version = core.version }
 
@@ -50,8 +74,23 @@ local function block_context()
   return "__gc metamethod or another place Lua cannot yield across"
 end
 
-local function cannot_block()
-  error("cannot block here: " .. block_context(), 3)
+-- level: of the caller of the blocking API function, as error() counts.
+local function cannot_block(level)
+  error("cannot block here: " .. block_context(), level + 1)
+end
+
+-- Parks the goroutine until the operation it recorded (bindings/fast.c) is
+-- done: yields OP to the scheduler, which starts it. Where Lua cannot yield
+-- the yield fails at once (or a coroutine wrapper below answers CANNOT):
+-- the operation is dropped and "cannot block here" raised. level: as for
+-- cannot_block.
+local function block(level)
+  local ok, back = co_isyieldable(), nil
+  if ok then back = co_yield(OP) end
+  if not ok or back == CANNOT then
+    C.weft_lua_drop()
+    cannot_block(level + 1)
+  end
 end
 
 -- ---- goroutines --------------------------------------------------------------
@@ -102,24 +141,25 @@ function weft.sleep(seconds)
   if type(seconds) ~= "number" then
     error("weft.sleep: seconds must be a number, got " .. type(seconds), 2)
   end
-  if not co_isyieldable() then cannot_block() end
-  co_yield(core.sleep(seconds) == 1 and WAIT or YIELD)
+  if not co_isyieldable() then cannot_block(2) end
+  if core.sleep(seconds) == 1 then
+    block(2)
+  else
+    co_yield(YIELD)
+  end
 end
 
 weft.now, weft.id, weft.count, weft.procs = core.now, core.id, core.count, core.procs
 
-local names = setmetatable({}, { __mode = "k" })
 function weft.name(str)
-  names[coroutine.running() or false] = tostring(str)
+  core.name(tostring(str))
 end
 
 -- Starts a native goroutine running cfunc(arg) on its own stack: cfunc is a
 -- C function `void f(void *)` reached through the FFI; arg is nil, a cdata
 -- pointer, or channels (cfunc then gets a NULL-terminated weft_chan *array,
 -- each channel kept alive until cfunc returns).
-local ffi
 function weft.go_native(cfunc, ...)
-  ffi = ffi or require "ffi"
   if type(cfunc) ~= "cdata" then
     error("weft.go_native: cfunc must be a C function (cdata), got " .. type(cfunc), 2)
   end
@@ -136,6 +176,53 @@ function weft.go_native(cfunc, ...)
 end
 
 -- ---- channels ------------------------------------------------------------------
+-- Send, receive and select are FFI calls (bindings/fast.c describes the
+-- protocol) that JIT traces compile. Numbers, booleans and strings are
+-- written and read here; other values go through the codec (core.encode and
+-- core.decode). SV, RV, SC and RES are this VM's scratch buffers: each is
+-- used only between two statements that run without a yield in between.
+
+local SV, RV = ffi.new("weft_lua_val[1]"), ffi.new("weft_lua_val[1]")
+local RES = ffi.new("weft_lua_case[1]")
+local SC, SCN = ffi.new("weft_lua_case[?]", 16), 16
+
+-- level: as for cannot_block.
+local function not_in_goroutine(what, level)
+  error("weft." .. what .. ": not inside a goroutine (start one with weft.run)", level + 1)
+end
+
+-- Writes v into SV.
+local function put(v)
+  local t = type(v)
+  if t == "number" then
+    local b = SV[0]
+    b.u.d = v; b.len = 8; b.tag = TAG_NUMBER; b.flags = 0
+  elseif t == "string" then
+    if C.weft_lua_val_string(SV, v, #v) ~= 0 then error("out of memory", 3) end
+  elseif t == "boolean" then
+    local b = SV[0]
+    b.u.i = v and 1 or 0; b.len = 8; b.tag = TAG_BOOL; b.flags = 0
+  elseif v == nil then
+    error("send of nil value", 3)
+  else
+    core_encode(v, SV)
+  end
+end
+
+-- The value in RV (which it frees).
+local function take()
+  local b = RV[0]
+  local tag = b.tag
+  if tag == TAG_NUMBER then return b.u.d end
+  if tag == TAG_RAW then
+    if b.flags == 0 then return ffi_string(b.u.b, b.len) end
+    local s = ffi_string(b.u.p, b.len)
+    C.weft_lua_val_free(RV)
+    return s
+  end
+  if tag == TAG_BOOL then return b.u.i ~= 0 end
+  return core_decode(RV)
+end
 
 local Chan = {}
 Chan.__index = Chan
@@ -147,23 +234,37 @@ function weft.chan(capacity)
   return core.chan(capacity or 0)
 end
 
-function Chan:send(v)
-  local rc = core_send(self, v, co_isyieldable())
-  if rc == 0 then return end
-  if rc == 2 then cannot_block() end
-  co_yield(WAIT)
-  send_finish()
+local function send_slow(ch, rc)
+  if rc == BLOCK then
+    block(3)
+    rc = C.weft_lua_send_finish()
+    if rc == DONE then return end
+  end
+  if rc == CLOSED then error("send on closed channel", 0) end
+  not_in_goroutine("send", 3)
 end
 
-local function recv_result(rc, v, ok)
-  if rc == 0 then return v, ok end
-  if rc == 2 then cannot_block() end
-  co_yield(WAIT)
-  return recv_finish()
+function Chan:send(v)
+  put(v)
+  local rc = C.weft_lua_send(self, SV)
+  if rc ~= DONE then send_slow(self, rc) end -- not a tail call: error levels
+end
+
+local function recv_slow(ch, rc)
+  if rc == BLOCK then
+    block(3)
+    rc = C.weft_lua_recv_finish(RV)
+    if rc == DONE then return take(), true end
+  end
+  if rc == CLOSED then return nil, false end
+  not_in_goroutine("recv", 3)
 end
 
 function Chan:recv()
-  return recv_result(core_recv(self, co_isyieldable()))
+  local rc = C.weft_lua_recv(self, RV)
+  if rc == DONE then return take(), true end
+  local v, ok = recv_slow(self, rc) -- not a tail call: error levels
+  return v, ok
 end
 
 function Chan:close() core.close(self) end
@@ -171,9 +272,9 @@ function Chan:len() return core.len(self) end
 function Chan:cap() return core.cap(self) end
 
 local function range_next(ch)
-  local v, ok = ch:recv()
-  if ok then return v end
-  return nil
+  local rc = C.weft_lua_recv(ch, RV)
+  if rc == DONE then return take() end
+  return (recv_slow(ch, rc))
 end
 function Chan:range()
   return range_next, self
@@ -186,52 +287,121 @@ chan_mt.__index = Chan
 
 local RECV, SEND, DEFAULT = 1, 2, 3
 
-function weft.recv(ch, fn) return { RECV, ch, nil, fn } end
-function weft.send(ch, v, fn) return { SEND, ch, v, fn } end
+local function check_chan(ch, what)
+  if ch ~= nil and getmetatable(ch) ~= chan_mt then
+    error(what .. ": ch must be a channel or nil, got " .. type(ch), 3)
+  end
+end
+
+function weft.recv(ch, fn)
+  check_chan(ch, "weft.recv")
+  return { RECV, ch, nil, fn }
+end
+function weft.send(ch, v, fn)
+  check_chan(ch, "weft.send")
+  if v == nil then error("weft.send: send of nil value", 2) end
+  return { SEND, ch, v, fn }
+end
 function weft.default(fn) return { DEFAULT, nil, nil, fn } end
 
-local function finish_select(cases, map, i, v, ok)
-  local case = cases[map[i]]
-  local fn = case[4]
-  if fn then
-    if case[1] == RECV then return fn(v, ok) end
-    return fn()
+-- The case of the k-th (1-based) non-default case among ...
+local function nth_case(k, ...)
+  for i = 1, select("#", ...) do
+    local c = select(i, ...)
+    if c[1] ~= DEFAULT then
+      k = k - 1
+      if k == 0 then return c, i end
+    end
   end
-  if case[1] == RECV then return map[i], v, ok end
-  return map[i]
+end
+
+local function default_case(...)
+  for i = 1, select("#", ...) do
+    local c = select(i, ...)
+    if c[1] == DEFAULT then return c, i end
+  end
+end
+
+-- The chosen case k (0-based among the channel cases), result in RES.
+local function select_done(k, ...)
+  local c, i = nth_case(k + 1, ...)
+  local fn = c[4]
+  if c[1] == RECV then
+    local v, ok = nil, RES[0].ok ~= 0
+    if ok then
+      RV[0] = RES[0].val
+      v = take()
+    end
+    if fn then return fn(v, ok) end
+    return i, v, ok
+  end
+  if RES[0].ok == 0 then error("send on closed channel", 0) end
+  if fn then return fn() end
+  return i
+end
+
+local function run_default(...)
+  local c, i = default_case(...)
+  if c[4] then return c[4]() end
+  return i
+end
+
+-- Frees the send values written into SC[0 .. m-1] (the select did not run).
+local function free_cases(m)
+  for k = 0, m - 1 do
+    if SC[k].dir == SEND then C.weft_lua_val_free(SC[k].val) end
+  end
+end
+
+local function put_case(v, m)
+  local ok, err = pcall(put, v)
+  if not ok then
+    free_cases(m)
+    error(err, 0)
+  end
 end
 
 function weft.select(...)
   local n = select("#", ...)
-  local cases = { ... }
-  local args, map, m, default = {}, {}, 0, nil
+  if n > SCN then
+    SCN = 2 * n
+    SC = ffi.new("weft_lua_case[?]", SCN)
+  end
+  local m, default = 0, false
   for i = 1, n do
-    local c = cases[i]
-    if type(c) ~= "table" or not c[1] then
-      error("weft.select: case " .. i .. " is not a case (use weft.recv, weft.send, weft.default)", 2)
-    end
-    if c[1] == DEFAULT then
-      if default then error("weft.select: more than one default case", 2) end
-      default = i
-    else
+    local c = select(i, ...)
+    local kind = type(c) == "table" and c[1]
+    if kind == RECV or kind == SEND then
+      local sc = SC[m]
+      sc.ch = c[2]
+      sc.dir = kind
       m = m + 1
-      map[m] = i
-      args[3 * m - 2], args[3 * m - 1], args[3 * m] = c[1], c[2], c[3]
+      if kind == SEND then
+        put_case(c[3], m - 1)
+        sc.val = SV[0]
+      end
+    else
+      local err = kind ~= DEFAULT and "case " .. i .. " is not a case (use weft.recv, weft.send, weft.default)"
+          or default and "more than one default case"
+      if err then
+        free_cases(m)
+        error("weft.select: " .. err, 2)
+      end
+      default = true
     end
   end
-  local yieldable = co_isyieldable()
-  local rc, i, v, ok = core_select(m, default ~= nil, yieldable, unpack(args, 1, 3 * m))
-  if rc == 2 then cannot_block() end
-  if rc == 1 then
-    co_yield(WAIT)
-    i, v, ok = select_finish()
+  local k = C.weft_lua_select(SC, m, default and 1 or 0, RES)
+  if k >= 0 then return select_done(k, ...) end
+  if k == SEL_NONE then return run_default(...) end
+  if k == SEL_BLOCK then
+    block(2)
+    return select_done(C.weft_lua_select_finish(RES), ...)
   end
-  if i == 0 then
-    local fn = cases[default][4]
-    if fn then return fn() end
-    return default
+  if k == SEL_NOTG then
+    free_cases(m)
+    not_in_goroutine("select", 2)
   end
-  return finish_select(cases, map, i, v, ok)
+  error("weft.select: bad cases (" .. k .. ")", 2)
 end
 
 -- ---- timers -------------------------------------------------------------------------
@@ -269,13 +439,14 @@ end
 
 -- ---- user coroutines inside goroutines ------------------------------------------------
 
--- Resumes co; while it asks to park (WAIT/YIELD), parks this goroutine too
--- and resumes co again once woken.
+-- Resumes co; while it asks to park (OP/YIELD), parks this goroutine too
+-- and resumes co again once woken, or with CANNOT where this goroutine
+-- cannot yield (co then drops its operation and raises "cannot block here").
 local function pass_up(co, ok, first, ...)
-  if ok and (first == WAIT or first == YIELD) and select("#", ...) == 0
+  if ok and (first == OP or first == YIELD) and select("#", ...) == 0
       and co_status(co) == "suspended" then
-    co_yield(first)
-    return pass_up(co, co_resume(co))
+    local can = pcall(co_yield, first)
+    return pass_up(co, co_resume(co, (not can) and first == OP and CANNOT or nil))
   end
   return ok, first, ...
 end

@@ -1,0 +1,65 @@
+/*
+ * host.h — what the binding's files share: the Lua objects that wrap engine
+ * objects, and a Lua goroutine's host data (core.c runs it, fast.c keeps
+ * its pending select here).
+ */
+#ifndef WEFT_HOST_H
+#define WEFT_HOST_H
+
+#include "core.h"
+
+#include <lua.h>
+
+/* Userdata payloads start with the engine object (the codec's handle rule).
+ * The FFI sees a channel userdata as a pointer to its lchan payload. */
+typedef struct lchan {
+    weft_chan *c;
+} lchan;
+
+/* A Lua goroutine: a coroutine of its processor's VM. Finished goroutines'
+ * hostgs, coroutine included, are kept for reuse (core.c). */
+typedef struct hostg {
+    lua_State *co;
+    int ref;   /* anchors co in the registry */
+    int nargs; /* values to pass to the next resume */
+    bool main;
+    char *name;       /* weft.name, malloc'd */
+    int op;           /* WEFT_HOSTOP_*: the operation under way (fast.c) */
+    bool opdone;      /* it completed as it started: oprc (and held) tell */
+    int oprc;
+    weft_chan *opchan;
+    int64_t sleepns;
+    weft_val held;    /* a send's value, or an early receive's */
+    weft_case *cases; /* a select in progress */
+    int ncases, capcases;
+    struct hostg *next; /* free list */
+} hostg;
+
+enum {
+    WEFT_HOSTOP_NONE,
+    WEFT_HOSTOP_SEND,
+    WEFT_HOSTOP_RECV,
+    WEFT_HOSTOP_SELECT,
+    WEFT_HOSTOP_SLEEP
+};
+
+/* The calling goroutine's hostg, NULL outside a Lua goroutine. */
+static inline hostg *weft_hostg_self(void) {
+    weft_g *g = weft_g_self();
+    return g && g->kind == WEFT_G_HOSTED ? (hostg *)g->host : NULL;
+}
+
+/* Starts h's recorded operation for the goroutine (which must be the
+ * calling one: host_run calls it after the goroutine yielded OP). PENDING:
+ * queued and parked; OK: done at once, the result kept for its finish. */
+int weft_hostg_start(hostg *h);
+
+/* Makes room for n select cases in h->cases; false if out of memory. */
+bool weft_hostg_reserve_cases(hostg *h, int n);
+
+/* Reports the chosen case i (-1: none) of h's pending select: frees the
+ * send values not taken, and moves case i into *res (h->ncases becomes 0;
+ * res may be NULL when i is -1). */
+void weft_hostg_select_done(hostg *h, int i, weft_case *res);
+
+#endif
