@@ -5,17 +5,25 @@
 #   bash bench/run.sh            (normally via `make bench`, which first
 #                                 builds the C benchmarks with bench/bench.mk)
 #
-# bench/benchmarks.txt has one benchmark a line,
-#   name<TAB>weft command<TAB>go command
+# bench/benchmarks.txt has one benchmark a line, of one of two kinds:
+#   name<TAB>weft command<TAB>go command     weft against its Go twin
+#   name<TAB>command<TAB>procs=K             scaling: the command with
+#       BENCH_PROCS processors against the same command with K, reported
+#       as the time ratio t(BENCH_PROCS) / t(K) (below 1: more processors
+#       help) and its inverse, the speedup; the command must do the same
+#       total work whatever the processor count
 # with blank lines and #-comments ignored. Commands are run with bash from
 # the repository root, with BUILD (the build directory, default "build")
 # exported so that they can say "$BUILD/bench/x", and must print a line
-# "<name> <ns_per_op>" on stdout (the last line of that shape is used). A command that exits non-zero, times
-# out or prints no such line makes its row FAILED.
+# "<name> <ns_per_op>" on stdout (the last line of that shape is used). A
+# command that exits non-zero, times out or prints no such line makes its
+# row FAILED. Scaling rows are listed in a table of their own and left out
+# of the weft/Go summary.
 #
 # Environment:
 #   BENCH_RUNS     runs of each command (default 5), weft and Go alternating
-#   BENCH_PROCS    WEFT_PROCS and GOMAXPROCS for every run (default 2)
+#   BENCH_PROCS    WEFT_PROCS and GOMAXPROCS for every run (default 2;
+#                  K instead for the second command of a scaling row)
 #   BENCH_TIMEOUT  seconds before a single run is killed (default 120)
 #   BENCH_ONLY     if set, a regular expression: only benchmarks whose name
 #                  matches it are run
@@ -102,6 +110,16 @@ run_one() {
     echo "$ns"
 }
 
+# run_second: the second command of the current row, which for a scaling
+# row is its first command on $base processors.
+run_second() {
+    if [[ -n $base ]]; then
+        WEFT_PROCS=$base GOMAXPROCS=$base run_one "$wcmd"
+    else
+        run_one "$gcmd"
+    fi
+}
+
 # median of the numbers given as arguments
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
@@ -119,20 +137,25 @@ export WEFT_PROCS=$PROCS GOMAXPROCS=$PROCS
 
 # ---- run ----------------------------------------------------------------------
 names=() weft_med=() go_med=() row_ratio=() ratios=()
+scale_names=() scale_med=() scale_base=() scale_base_med=() scale_ratio=() scale_speedup=()
 comment_re='^[[:space:]]*(#|$)'
 any_failed=0
 lineno=0
+selected=0
 while IFS= read -r line || [[ -n $line ]]; do
     lineno=$((lineno + 1))
     line=${line%$'\r'}
     [[ $line =~ $comment_re ]] && continue
     IFS=$'\t' read -r name wcmd gcmd extra <<<"$line" || true
     if [[ -z $name || -z ${wcmd:-} || -z ${gcmd:-} || -n ${extra:-} ]]; then
-        die "$TABLE:$lineno: want 'name<TAB>weft command<TAB>go command'"
+        die "$TABLE:$lineno: want 'name<TAB>weft command<TAB>go command' or 'name<TAB>command<TAB>procs=K'"
     fi
     if [[ -n $ONLY ]] && ! [[ $name =~ $ONLY ]]; then
         continue
     fi
+    base=
+    [[ $gcmd =~ ^procs=([1-9][0-9]*)$ ]] && base=${BASH_REMATCH[1]}
+    selected=$((selected + 1))
 
     echo "  $name ..." >&2
     wv=() gv=() wfail=0 gfail=0
@@ -141,54 +164,82 @@ while IFS= read -r line || [[ -n $line ]]; do
             if ns=$(run_one "$wcmd"); then wv+=("$ns"); else wfail=1; fi
         fi
         if ((!gfail)); then
-            if ns=$(run_one "$gcmd"); then gv+=("$ns"); else gfail=1; fi
+            if ns=$(run_second); then gv+=("$ns"); else gfail=1; fi
         fi
         ((wfail && gfail)) && break
     done
 
-    w=FAILED g=FAILED ratio=FAILED
+    w=FAILED g=FAILED ratio=FAILED speedup=FAILED
     ((wfail)) || w=$(median "${wv[@]}")
     ((gfail)) || g=$(median "${gv[@]}")
     if ((wfail || gfail)); then
         any_failed=1
     else
-        echo "    weft: ${wv[*]}   go: ${gv[*]}" >&2
-        # exact ratio of the medians for the summary, two decimals for the table
+        if [[ -n $base ]]; then
+            echo "    procs $PROCS: ${wv[*]}   procs $base: ${gv[*]}" >&2
+        else
+            echo "    weft: ${wv[*]}   go: ${gv[*]}" >&2
+        fi
+        # exact ratio of the medians for the summary, two decimals for the tables
         exact=$(awk -v a="$w" -v b="$g" 'BEGIN { if (a > 0 && b > 0) printf "%.6g", a / b; else print "n/a" }')
         if [[ $exact == n/a ]]; then
-            ratio=n/a
+            ratio=n/a speedup=n/a
+        elif [[ -n $base ]]; then
+            ratio=$(awk -v x="$exact" 'BEGIN { printf "%.2f", x }')
+            speedup=$(awk -v x="$exact" 'BEGIN { printf "%.2fx", 1 / x }')
         else
             ratio=$(awk -v x="$exact" 'BEGIN { printf "%.2fx", x }')
             ratios+=("$exact")
         fi
     fi
-    names+=("$name") weft_med+=("$w") go_med+=("$g")
-    row_ratio+=("$ratio")
+    if [[ -n $base ]]; then
+        scale_names+=("$name") scale_med+=("$w") scale_base+=("$base") scale_base_med+=("$g")
+        scale_ratio+=("$ratio") scale_speedup+=("$speedup")
+    else
+        names+=("$name") weft_med+=("$w") go_med+=("$g")
+        row_ratio+=("$ratio")
+    fi
 done <"$TABLE"
 
-# ---- table --------------------------------------------------------------------
-w0=9
-for n in "${names[@]}"; do ((${#n} > w0)) && w0=${#n}; done
-printf "%-${w0}s  %16s  %16s  %12s\n" benchmark "weft ns/op (med)" "Go ns/op (med)" "weft/Go"
-printf "%-${w0}s  %16s  %16s  %12s\n" "$(printf '%*s' "$w0" '' | tr ' ' -)" \
-    ---------------- ---------------- ------------
-for i in "${!names[@]}"; do
-    printf "%-${w0}s  %16s  %16s  %12s\n" "${names[$i]}" "${weft_med[$i]}" "${go_med[$i]}" "${row_ratio[$i]}"
-done
-
+# ---- tables -------------------------------------------------------------------
 total=${#names[@]}
-ok=${#ratios[@]}
-if ((ok > 0)); then
-    printf '%s\n' "${ratios[@]}" | awk -v total="$total" -v ok="$ok" '
-        { if ($1 <= 1.0) at_or_below++; s += log($1) }
-        END { printf "summary: %d of %d benchmarks at or below 1.0x Go; geometric mean weft/Go %.2fx", at_or_below, ok, exp(s / ok)
-              if (total > ok) printf "; %d of %d without a ratio (FAILED)", total - ok, total
-              printf "\n" }'
-else
-    echo "summary: no benchmark completed on both sides ($total listed)"
+if ((total > 0)); then
+    w0=9
+    for n in "${names[@]}"; do ((${#n} > w0)) && w0=${#n}; done
+    printf "%-${w0}s  %16s  %16s  %12s\n" benchmark "weft ns/op (med)" "Go ns/op (med)" "weft/Go"
+    printf "%-${w0}s  %16s  %16s  %12s\n" "$(printf '%*s' "$w0" '' | tr ' ' -)" \
+        ---------------- ---------------- ------------
+    for i in "${!names[@]}"; do
+        printf "%-${w0}s  %16s  %16s  %12s\n" "${names[$i]}" "${weft_med[$i]}" "${go_med[$i]}" "${row_ratio[$i]}"
+    done
+
+    ok=${#ratios[@]}
+    if ((ok > 0)); then
+        printf '%s\n' "${ratios[@]}" | awk -v total="$total" -v ok="$ok" '
+            { if ($1 <= 1.0) at_or_below++; s += log($1) }
+            END { printf "summary: %d of %d benchmarks at or below 1.0x Go; geometric mean weft/Go %.2fx", at_or_below, ok, exp(s / ok)
+                  if (total > ok) printf "; %d of %d without a ratio (FAILED)", total - ok, total
+                  printf "\n" }'
+    else
+        echo "summary: no benchmark completed on both sides ($total listed)"
+    fi
 fi
 
-if ((total == 0)); then
+if ((${#scale_names[@]} > 0)); then
+    ((total > 0)) && echo
+    echo "scaling: the same work on $PROCS processors and on 'base' processors; time ratio = t($PROCS) / t(base)"
+    w0=9
+    for n in "${scale_names[@]}"; do ((${#n} > w0)) && w0=${#n}; done
+    printf "%-${w0}s  %16s  %4s  %16s  %10s  %8s\n" benchmark "ns/op (med)" base "base ns/op (med)" "time ratio" speedup
+    printf "%-${w0}s  %16s  %4s  %16s  %10s  %8s\n" "$(printf '%*s' "$w0" '' | tr ' ' -)" \
+        ---------------- ---- ---------------- ---------- --------
+    for i in "${!scale_names[@]}"; do
+        printf "%-${w0}s  %16s  %4s  %16s  %10s  %8s\n" "${scale_names[$i]}" "${scale_med[$i]}" \
+            "${scale_base[$i]}" "${scale_base_med[$i]}" "${scale_ratio[$i]}" "${scale_speedup[$i]}"
+    done
+fi
+
+if ((selected == 0)); then
     die "no benchmarks selected from $TABLE"
 fi
 exit $any_failed
