@@ -39,7 +39,7 @@ ENGINE_HDR := $(wildcard engine/*.h)
 # and the same objects linked into the weft binary.
 LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
-BIND_SRC      := bindings/core.c bindings/fast.c bindings/codec.c
+BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/codec.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 
@@ -134,7 +134,7 @@ asan: deps-san all
 	@# The Lua specs with the binding (and engine) built with ASAN+UBSan,
 	@# LuaJIT itself running with the ASAN runtime preloaded.
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=0 \
-	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua
+	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua spec/spawn_spec.lua
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=1 \
 	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/asan/?.so;;' luajit spec/leaks.lua
 tsan: deps-san

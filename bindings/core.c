@@ -40,169 +40,6 @@ typedef struct ltimer {
     weft_timer *t;
 } ltimer;
 
-/* What a goroutine yields: OP to start the operation it recorded (fast.c),
- * anything else to be queued again (weft.yield). */
-static char op_marker, yield_marker;
-
-/* State of the running weft.run (one at a time). */
-static struct {
-    lua_State *L;  /* the thread that called weft.run (processor 0's VM) */
-    int err_ref;   /* the first uncaught error, as a message with traceback */
-    int nresults;  /* main's results, moved onto L's stack */
-    hostg *pool;   /* finished goroutines' hostgs, coroutines kept, for reuse */
-    int npool;
-} R = {NULL, LUA_NOREF, 0, NULL, 0};
-
-/* A coroutine that returned is as good as new (LuaJIT resumes it again
- * once a function is pushed), so `go` reuses them: up to POOL_MAX. */
-enum { POOL_MAX = 256 };
-
-/* ---- the host ------------------------------------------------------------- */
-
-/* Frees what h holds for an operation under way: a send's value, and its
- * select's send values except case keep's. */
-static void hostg_drop_cases(hostg *h, int keep) {
-    weft_codec_val_free(&h->held);
-    for (int i = 0; i < h->ncases; i++)
-        if (i != keep && h->cases[i].dir == WEFT_CASE_SEND)
-            weft_codec_val_free(&h->cases[i].val);
-    h->ncases = 0;
-}
-
-static void hostg_free(hostg *h) {
-    if (R.L)
-        luaL_unref(R.L, LUA_REGISTRYINDEX, h->ref);
-    hostg_drop_cases(h, -1);
-    free(h->cases);
-    free(h->name);
-    free(h);
-}
-
-/* A goroutine finished normally: keep its hostg (and coroutine) for reuse. */
-static void hostg_recycle(hostg *h) {
-    if (R.npool >= POOL_MAX || h->main) {
-        hostg_free(h);
-        return;
-    }
-    lua_settop(h->co, 0);
-    hostg_drop_cases(h, -1);
-    free(h->name);
-    h->name = NULL;
-    h->nargs = 0;
-    h->op = WEFT_HOSTOP_NONE;
-    h->opdone = false;
-    h->next = R.pool;
-    R.pool = h;
-    R.npool++;
-}
-
-static void pool_drain(void) {
-    while (R.pool) {
-        hostg *h = R.pool;
-        R.pool = h->next;
-        hostg_free(h);
-    }
-    R.npool = 0;
-}
-
-bool weft_hostg_reserve_cases(hostg *h, int n) {
-    if (n <= h->capcases)
-        return true;
-    weft_case *cs = realloc(h->cases, (size_t)n * sizeof *cs);
-    if (!cs)
-        return false;
-    h->cases = cs;
-    h->capcases = n;
-    return true;
-}
-
-void weft_hostg_select_done(hostg *h, int i, weft_case *res) {
-    bool taken = i >= 0 && (h->cases[i].dir == WEFT_CASE_RECV || h->cases[i].ok);
-    if (i >= 0)
-        *res = h->cases[i];
-    hostg_drop_cases(h, taken ? i : -1);
-}
-
-static void host_run(weft_proc *p, weft_g *g) {
-    (void)p;
-    hostg *h = g->host;
-    lua_State *co = h->co;
-    int rc;
-    for (;;) {
-        int nargs = h->nargs;
-        h->nargs = 0;
-        rc = lua_resume(co, nargs);
-        if (rc != LUA_YIELD)
-            break;
-        void *mark = lua_touserdata(co, -1);
-        lua_settop(co, 0);
-        if (mark != &op_marker) {
-            g->parkop = WEFT_PARK_YIELD;
-            return;
-        }
-        if (weft_hostg_start(h) == WEFT_PENDING) {
-            g->parkop = WEFT_PARK_WAIT;
-            return;
-        }
-        /* Completed as it started: run on. */
-    }
-    if (rc == 0) {
-        if (h->main) {
-            int n = lua_gettop(co);
-            if (lua_checkstack(R.L, n + 1)) {
-                lua_xmove(co, R.L, n);
-                R.nresults = n;
-            }
-        }
-        hostg_recycle(h);
-    } else {
-        if (R.err_ref == LUA_NOREF) {
-            if (!lua_isstring(co, -1) && luaL_callmeta(co, -1, "__tostring"))
-                lua_replace(co, -2); /* e.g. a luassert failure */
-            const char *msg = lua_tostring(co, -1);
-            lua_pushfstring(R.L, "error in goroutine %d: %s", (int)g->id,
-                            msg ? msg : "(error object is not a string)");
-            luaL_traceback(R.L, co, lua_tostring(R.L, -1), 0);
-            lua_remove(R.L, -2);
-            R.err_ref = luaL_ref(R.L, LUA_REGISTRYINDEX);
-            weft_shutdown(); /* an uncaught error is fatal, as a panic is in Go */
-        }
-        hostg_free(h);
-    }
-    g->host = NULL;
-    g->parkop = WEFT_PARK_EXIT;
-}
-
-static void host_discard(weft_g *g) {
-    hostg_free(g->host);
-    g->host = NULL;
-}
-
-static const weft_host lua_host = {host_run, host_discard};
-
-/* A hostg for function at index fidx and the nargs values after it. */
-static hostg *hostg_new(lua_State *L, int fidx, int nargs) {
-    hostg *h = R.pool;
-    if (h) {
-        R.pool = h->next;
-        R.npool--;
-        h->next = NULL;
-    } else {
-        h = calloc(1, sizeof *h);
-        if (!h)
-            luaL_error(L, "out of memory");
-        h->co = lua_newthread(L);
-        h->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-    lua_checkstack(h->co, nargs + 1);
-    lua_pushvalue(L, fidx);
-    for (int i = 1; i <= nargs; i++)
-        lua_pushvalue(L, fidx + i);
-    lua_xmove(L, h->co, nargs + 1);
-    h->nargs = nargs;
-    return h;
-}
-
 /* ---- engine and goroutines ------------------------------------------------- */
 
 /* core.run(procs, main, ...) -> true, main's results | false, the first
@@ -210,34 +47,35 @@ static hostg *hostg_new(lua_State *L, int fidx, int nargs) {
 static int l_run(lua_State *L) {
     int procs = (int)luaL_optinteger(L, 1, 0);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (R.L)
+    if (weft_host_running())
         return luaL_error(L, "weft.run: the engine is already running");
     int base = lua_gettop(L);
-    hostg *h = hostg_new(L, 2, base - 2);
+    weft_host_begin(L);
+    hostg *h = weft_hostg_new(L, 2, base - 2);
     h->main = true;
-    R.L = L;
-    R.err_ref = LUA_NOREF;
-    R.nresults = 0;
     weft_config cfg = {procs, 0};
-    int rc = weft_run_hosted(&cfg, &lua_host, h);
-    pool_drain();
-    R.L = NULL;
+    int rc = weft_run_hosted(&cfg, &weft_lua_host, h);
+    if (rc != WEFT_OK)
+        weft_hostg_free(h);
+    int nresults = weft_host_end();
+    char *err = weft_host_take_error();
     if (rc != WEFT_OK) {
+        free(err);
         if (rc == WEFT_ESTATE)
             return luaL_error(L, "weft.run: another engine is running in this process");
         return luaL_error(L, "weft.run: cannot start the engine (%d)", rc);
     }
-    if (R.err_ref != LUA_NOREF) {
+    if (err) {
         /* Reported, not raised from here: init.lua raises it. */
+        lua_settop(L, base);
         lua_pushboolean(L, 0);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, R.err_ref);
-        luaL_unref(L, LUA_REGISTRYINDEX, R.err_ref);
-        R.err_ref = LUA_NOREF;
+        lua_pushstring(L, err);
+        free(err);
         return 2;
     }
     lua_pushboolean(L, 1);
-    lua_insert(L, -1 - R.nresults);
-    return 1 + R.nresults;
+    lua_insert(L, -1 - nresults);
+    return 1 + nresults;
 }
 
 static weft_g *current(lua_State *L, const char *what) {
@@ -251,14 +89,45 @@ static weft_g *current(lua_State *L, const char *what) {
 static int l_go(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     current(L, "go");
-    hostg *h = hostg_new(L, 1, lua_gettop(L) - 1);
+    hostg *h = weft_hostg_new(L, 1, lua_gettop(L) - 1);
     int64_t id = weft_go_hosted(h);
     if (id < 0) {
-        hostg_free(h);
+        weft_hostg_free(h);
         return luaL_error(L, "weft.go: cannot start a goroutine (%d)", (int)id);
     }
     lua_pushnumber(L, (lua_Number)id);
     return 1;
+}
+
+/* core.spawn(payload) -> id: an isolate whose VM's starter gets a copy of
+ * payload (init.lua packs the function and its arguments into it). */
+static int l_spawn(lua_State *L) {
+    luaL_checkany(L, 1);
+    current(L, "spawn");
+    weft_val v;
+    char err[WEFT_CODEC_ERRLEN];
+    if (weft_codec_encode(L, 1, &v, err, sizeof err) != 0)
+        return luaL_error(L, "weft.spawn: %s", err);
+    hostg *h = weft_hostg_isolate(v);
+    if (!h) {
+        weft_codec_val_free(&v);
+        return luaL_error(L, "out of memory");
+    }
+    int64_t id = weft_go_hosted_portable(h);
+    if (id < 0) {
+        weft_hostg_free(h);
+        return luaL_error(L, "weft.spawn: cannot start a goroutine (%d)", (int)id);
+    }
+    lua_pushnumber(L, (lua_Number)id);
+    return 1;
+}
+
+/* core.set_isolate_starter(fn): this VM's starter of isolates. */
+static int l_set_isolate_starter(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, WEFT_ISOLATE_STARTER);
+    return 0;
 }
 
 static int l_id(lua_State *L) {
@@ -547,6 +416,8 @@ int luaopen_weft_core(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"run", l_run},
         {"go", l_go},
+        {"spawn", l_spawn},
+        {"set_isolate_starter", l_set_isolate_starter},
         {"id", l_id},
         {"count", l_count},
         {"procs", l_procs},
@@ -579,9 +450,11 @@ int luaopen_weft_core(lua_State *L) {
 
     lua_newtable(L);
     luaL_register(L, NULL, fns);
-    lua_pushlightuserdata(L, &op_marker);
+    lua_pushlightuserdata(L, &weft_host_op_marker);
     lua_setfield(L, -2, "OP");
-    lua_pushlightuserdata(L, &yield_marker);
+    lua_pushlightuserdata(L, &weft_host_cannot_marker);
+    lua_setfield(L, -2, "CANNOT");
+    lua_pushlightuserdata(L, &weft_host_yield_marker);
     lua_setfield(L, -2, "YIELD");
     luaL_getmetatable(L, CHAN_MT);
     lua_setfield(L, -2, "chan_mt");

@@ -19,7 +19,9 @@ typedef struct lchan {
 /* A Lua goroutine: a coroutine of its processor's VM. Finished goroutines'
  * hostgs, coroutine included, are kept for reuse (core.c). */
 typedef struct hostg {
-    lua_State *co;
+    lua_State *co; /* NULL: an isolate not started yet */
+    int vm;        /* the processor whose VM co belongs to (-1: none yet) */
+    weft_val payload; /* an isolate's function and arguments, encoded */
     int ref;   /* anchors co in the registry */
     int nargs; /* values to pass to the next resume */
     bool main;
@@ -48,6 +50,37 @@ static inline hostg *weft_hostg_self(void) {
     weft_g *g = weft_g_self();
     return g && g->kind == WEFT_G_HOSTED ? (hostg *)g->host : NULL;
 }
+
+/* ---- host.c ---- */
+
+/* The engine's host for Lua goroutines (weft_run_hosted). */
+extern const weft_host weft_lua_host;
+
+/* What goroutines yield to the scheduler (lightuserdata): OP to start the
+ * operation they recorded, YIELD to be queued again; CANNOT is what the Lua
+ * side resumes an inner coroutine with when its OP cannot be passed up. */
+extern char weft_host_op_marker, weft_host_yield_marker, weft_host_cannot_marker;
+
+/* The registry field where init.lua puts each VM's isolate starter:
+ * starter(decoded payload) runs the isolate. */
+#define WEFT_ISOLATE_STARTER "weft.isolate_start"
+
+/* weft.run: begin (L: the calling thread, processor 0's VM), then
+ * weft_run_hosted, then end, which returns how many results main left on
+ * L's stack; take_error gives the first uncaught error (malloc'd) or NULL. */
+void weft_host_begin(lua_State *L);
+int weft_host_end(void);
+char *weft_host_take_error(void);
+bool weft_host_running(void);
+
+/* A goroutine running the function at fidx of L with the nargs values after
+ * it, in L's VM (the current processor's); raises if out of memory. */
+hostg *weft_hostg_new(lua_State *L, int fidx, int nargs);
+/* An isolate not started yet, owning payload; NULL if out of memory. */
+hostg *weft_hostg_isolate(weft_val payload);
+void weft_hostg_free(hostg *h);
+
+/* ---- fast.c ---- */
 
 /* Starts h's recorded operation for the goroutine (which must be the
  * calling one: host_run calls it after the goroutine yielded OP). PENDING:

@@ -200,6 +200,11 @@ typedef struct weft_host {
     void (*run)(weft_proc *p, weft_g *g);
     /* At engine stop, for each hosted goroutine still alive: release g->host. */
     void (*discard)(weft_g *g);
+    /* Optional: on each processor's thread, before its scheduler loop starts
+     * and after it ended (processor 0: on the thread that runs the engine,
+     * before the other processors start). E.g. a VM per processor. */
+    void (*proc_start)(weft_proc *p);
+    void (*proc_stop)(weft_proc *p);
 } weft_host;
 
 /* Runs a hosted main goroutine (host data `main_host`) on a fresh engine;
@@ -209,6 +214,11 @@ int weft_run_hosted(const weft_config *cfg, const weft_host *host, void *main_ho
 /* A new hosted goroutine bound to the current processor (processor 0 from a
  * thread that is none); its id, or a negative WEFT_E*. */
 int64_t weft_go_hosted(void *host);
+/* A new hosted goroutine bound to no processor yet (e.g. an isolate that
+ * has not started): portable work, queued on the current processor's run
+ * queue (the global one from a thread that is none) where an idle processor
+ * may steal it; the processor that first runs it becomes its own. */
+int64_t weft_go_hosted_portable(void *host);
 /* Stops the running engine from inside (e.g. on an uncaught error): every
  * processor returns from its scheduler loop after the current goroutine. */
 void weft_shutdown(void);

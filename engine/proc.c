@@ -6,7 +6,9 @@
  * loop. A P's thread runs the scheduler on its own stack (g0) and switches to
  * a native goroutine's stack to run it; the goroutine switches back to g0 to
  * park, yield or exit. Hosted goroutines (Lua coroutines, bindings/) are run
- * by a host hook from g0 and are bound to one P.
+ * by a host hook from g0 and are bound to one P: the creator's, or, for a
+ * portable one (an isolate not yet started), the P that first runs it; until
+ * then it sits in run queues like a native goroutine and may be stolen.
  *
  * Goroutine states (g->state):
  *   IDLE -> RUNNABLE (created) -> RUNNING (execute) -> WAITING (parked)
@@ -459,6 +461,8 @@ static void after_switch(weft_proc *p, weft_g *g) {
 static void execute(weft_proc *p, weft_g *g) {
     if (p->spinning)
         reset_spinning(p);
+    if (g->kind == WEFT_G_HOSTED && !g->bound)
+        g->bound = p; /* a portable hosted goroutine stays where it starts */
     p->curg = g;
     atomic_store_explicit(&p->running, 1, memory_order_relaxed);
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
@@ -654,7 +658,11 @@ static void *proc_thread(void *arg) {
     weft_proc *p = arg;
     tls_proc = p;
     weft_ctx_init_thread(&p->g0);
+    if (weft_S.host.proc_start)
+        weft_S.host.proc_start(p);
     schedule_loop(p);
+    if (weft_S.host.proc_stop)
+        weft_S.host.proc_stop(p);
     tls_proc = NULL;
     return NULL;
 }
@@ -837,10 +845,14 @@ static int run_main(const weft_config *cfg, const weft_host *host, void (*main_f
     } else {
         weft_runq_put(p0, g, true);
     }
-    rc = start_threads(1);
     tls_proc = p0;
+    if (weft_S.host.proc_start)
+        weft_S.host.proc_start(p0);
+    rc = start_threads(1);
     weft_ctx_init_thread(&p0->g0);
     schedule_loop(p0);
+    if (weft_S.host.proc_stop)
+        weft_S.host.proc_stop(p0);
     tls_proc = NULL;
     join_threads();
     engine_teardown();
@@ -942,6 +954,24 @@ int64_t weft_go_hosted(void *host) {
     g->bound = home;
     int64_t id = g->id;
     weft_ready(g, false);
+    return id;
+}
+
+int64_t weft_go_hosted_portable(void *host) {
+    if (atomic_load(&weft_S.state) != WEFT_SCHED_RUNNING || !weft_S.host.run)
+        return WEFT_ESTATE;
+    weft_proc *p = weft_proc_self();
+    weft_g *g = g_new(p, WEFT_G_HOSTED, NULL, NULL);
+    if (!g)
+        return WEFT_ENOMEM;
+    g->host = host;
+    g->bound = NULL;
+    int64_t id = g->id;
+    if (p)
+        weft_runq_put(p, g, false);
+    else
+        weft_globrunq_put(g);
+    weft_wakep();
     return id;
 }
 

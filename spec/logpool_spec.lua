@@ -112,9 +112,6 @@ top paths
       local f = io.popen("build/weft -p " .. procs .. " examples/logpool/main.lua 20000 2>&1; echo \"exit=$?\"")
       local out = f:read("*a")
       f:close()
-      if out:find("isolated goroutines are not available", 1, true) then
-        return pending("weft.spawn is not available in this build")
-      end
       local summary, timing, code = out:match("^(.*\n)([^\n]*)\nexit=(%d+)\n$")
       assert.are.equal("0", code, out)
       assert.are.equal(EXPECTED, summary)

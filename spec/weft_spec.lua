@@ -65,14 +65,6 @@ describe("goroutines", function()
     assert.are.equal(5050, total)
   end)
 
-  it("spawn says plainly that isolates are not available yet", function()
-    run(function()
-      assert.has_error(function() weft.spawn(function() end) end,
-        "weft.spawn: isolated goroutines are not available in this version of weft " ..
-        "(use weft.go, which shares memory and runs on one processor)")
-    end)
-  end)
-
   it("get their own function and arguments when goroutines are reused", function()
     local got = run(function()
       local out = weft.chan(64)

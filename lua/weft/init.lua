@@ -14,12 +14,20 @@
 local core = require "weft_core"
 local ffi = require "ffi"
 
-local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
+-- The coroutine functions as Lua made them: this module may be loaded again
+-- into the same VM (e.g. by a test runner that unloads modules), and must
+-- not wrap its own wrappers.
+local originals = debug.getregistry()["weft.coroutine"]
+if not originals then
+  originals = { resume = coroutine.resume }
+  debug.getregistry()["weft.coroutine"] = originals
+end
+local co_create, co_resume, co_yield = coroutine.create, originals.resume, coroutine.yield
 local co_status, co_isyieldable = coroutine.status, coroutine.isyieldable
 local select, error, type, getinfo = select, error, type, debug.getinfo
 local unpack = unpack or table.unpack
 local OP, YIELD = core.OP, core.YIELD
-local CANNOT = {} -- resumed with this by a wrapper that cannot pass OP up
+local CANNOT = core.CANNOT -- resumed with this by a wrapper that cannot pass OP up
 
 ffi.cdef [[
 typedef struct weft_lua_val {
@@ -124,12 +132,23 @@ function weft.go(fn, ...)
   return core.go(fn, ...)
 end
 
--- Isolated goroutines (one VM per processor) are not built yet; say so
--- plainly rather than fail with "attempt to call a nil value".
-function weft.spawn()
-  error("weft.spawn: isolated goroutines are not available in this version of weft " ..
-    "(use weft.go, which shares memory and runs on one processor)", 2)
+-- Isolated goroutines: fn and the arguments are copied into a new isolate
+-- that the scheduler may start on any processor, in that processor's VM,
+-- with an environment of its own whose reads fall through to the VM's
+-- globals.
+function weft.spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error("weft.spawn: fn must be a function, got " .. type(fn), 2)
+  end
+  return core.spawn({ fn, n = select("#", ...), ... })
 end
+
+local function start_isolate(t)
+  local env = setmetatable({}, { __index = _G })
+  setfenv(t[1], env)
+  return t[1](unpack(t, 2, t.n + 1))
+end
+core.set_isolate_starter(start_isolate)
 
 function weft.yield()
   if core.id() ~= 0 and co_isyieldable() then

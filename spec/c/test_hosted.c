@@ -47,7 +47,7 @@ static void fake_discard(weft_g *g) {
     atomic_fetch_add(&discarded, 1);
 }
 
-static const weft_host fake_host = {fake_run, fake_discard};
+static const weft_host fake_host = {fake_run, fake_discard, NULL, NULL};
 
 /* ---- native producers, hosted consumers, hosted main ------------------------ */
 

@@ -1,0 +1,123 @@
+-- Isolated goroutines (weft.spawn): one VM per processor, copies of the
+-- function and its arguments, parallel execution, and errors.
+local weft = require "weft"
+
+local function run(fn, ...)
+  return weft.run({ procs = 2 }, fn, ...)
+end
+
+describe("weft.spawn", function()
+  it("runs two isolates at the same time on two processors", function()
+    -- Each raises its own flag, then spins (never yielding) until it sees
+    -- the other's: on one processor the first to run would spin alone
+    -- until its deadline.
+    for _ = 1, 5 do
+      local ok1, ok2 = run(function()
+        local a, b, out = weft.chan(1), weft.chan(1), weft.chan(2)
+        local function worker(mine, theirs, done)
+          local weft = require "weft"
+          mine:send(true)
+          local deadline = weft.now() + 10
+          while #theirs == 0 do
+            if weft.now() > deadline then done:send(false) return end
+          end
+          done:send(true)
+        end
+        weft.spawn(worker, a, b, out)
+        weft.spawn(worker, b, a, out)
+        return out:recv(), out:recv()
+      end)
+      assert.is_true(ok1)
+      assert.is_true(ok2)
+    end
+  end)
+
+  it("copies the arguments and upvalues; the copies are the isolate's own", function()
+    local outer, got = run(function()
+      local t = { n = 1, inner = { 1, 2 } }
+      local back = weft.chan()
+      weft.spawn(function(arg, out)
+        arg.n = arg.n + 100
+        t.inner[1] = "changed"
+        out:send({ arg.n, t.inner[1] })
+      end, t, back)
+      return t, back:recv()
+    end)
+    assert.are.equal(1, outer.n)
+    assert.are.equal(1, outer.inner[1])
+    assert.are.same({ 101, "changed" }, got)
+  end)
+
+  it("keeps cycles and metatables in arguments", function()
+    local got = run(function()
+      local mt = { __index = function(_, k) return k .. "!" end }
+      local t = setmetatable({}, mt)
+      t.self = t
+      local back = weft.chan()
+      weft.spawn(function(x, out)
+        out:send({ x.self == x, x.hello, getmetatable(x) ~= nil })
+      end, t, back)
+      return back:recv()
+    end)
+    assert.are.same({ true, "hello!", true }, got)
+  end)
+
+  it("keeps global writes inside the isolate; go inside it shares its memory", function()
+    local leaked, got = run(function()
+      local back = weft.chan()
+      weft.spawn(function(out)
+        local weft = require "weft"
+        spawned_global = 0
+        local done = weft.chan()
+        for i = 1, 10 do
+          weft.go(function() spawned_global = spawned_global + i; done:send(true) end)
+        end
+        for _ = 1, 10 do done:recv() end
+        out:send(spawned_global)
+      end, back)
+      local v = back:recv()
+      return rawget(_G, "spawned_global"), v
+    end)
+    assert.is_nil(leaked)
+    assert.are.equal(55, got)
+  end)
+
+  it("spreads many isolates over the processors, losing none", function()
+    local total, procs = run(function()
+      local out = weft.chan(64)
+      local n = 200
+      for i = 1, n do
+        weft.spawn(function(k, o) o:send({ k, require("weft_core").id() }) end, i, out)
+      end
+      local seen, sum = {}, 0
+      for _ = 1, n do
+        local r = out:recv()
+        assert(not seen[r[1]], "duplicate")
+        seen[r[1]] = true
+        sum = sum + r[1]
+      end
+      return sum, weft.procs()
+    end)
+    assert.are.equal(200 * 201 / 2, total)
+    assert.are.equal(2, procs)
+  end)
+
+  it("reports an error in an isolate as an error in that goroutine", function()
+    local ok, err = pcall(run, function()
+      local done = weft.chan()
+      weft.spawn(function() error("boom in isolate") end)
+      done:recv()
+    end)
+    assert.is_false(ok)
+    assert.matches("error in goroutine %d+: .*boom in isolate", err)
+  end)
+
+  it("refuses what cannot be copied, at once", function()
+    run(function()
+      local co = coroutine.create(print)
+      assert.has_error(function() weft.spawn(function() return co end) end)
+      assert.has_error(function() weft.spawn("not a function") end,
+        "weft.spawn: fn must be a function, got string")
+    end)
+  end)
+end)
