@@ -27,6 +27,7 @@
  */
 #include "codec.h"
 #include "core.h"
+#include "transfer.h"
 
 #include <dlfcn.h>
 #include <lauxlib.h>
@@ -627,5 +628,6 @@ int luaopen_weft_core(lua_State *L) {
     lua_setfield(L, -2, "chan_mt");
     lua_pushstring(L, WEFT_VERSION);
     lua_setfield(L, -2, "version");
+    weft_transfer_register(L);
     return 1;
 }
