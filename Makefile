@@ -137,7 +137,7 @@ asan: deps-san all
 	@# The Lua specs with the binding (and engine) built with ASAN+UBSan,
 	@# LuaJIT itself running with the ASAN runtime preloaded.
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=0 \
-	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua
+	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua spec/transfer_spec.lua
 tsan: deps-san
 	$(MAKE) BUILD=build/tsan CC=clang OPT="-O1 -g -fsanitize=thread" \
 	  LDLIBS_ENGINE="-fsanitize=thread -lev -lpthread -lm" ctest
