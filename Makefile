@@ -39,7 +39,7 @@ ENGINE_HDR := $(wildcard engine/*.h)
 # and the same objects linked into the weft binary.
 LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
-BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/codec.c
+BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/codec.c bindings/transfer.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 
@@ -94,10 +94,13 @@ $(CTEST_BIN): $(CTEST_SRC) spec/c/ctest.h spec/c/ctest_main.c $(BUILD)/libweft.a
 $(BUILD)/spec/ctx_check: spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) engine/ctx.h | $(BUILD)/spec
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) -o $@ spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) $(LDLIBS_ENGINE)
 
-# The value codec of the Lua layer (bindings/codec.c) and its tests.
+# The value codec of the Lua layer (bindings/codec.c), the packed values
+# built on it (bindings/transfer.c), and their tests.
 CODEC_SRC  := bindings/codec.c bindings/codec.h engine/weft.h
-$(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h $(CODEC_SRC) | $(BUILD)/spec
+TRANSFER_SRC := bindings/transfer.c bindings/transfer.h
+$(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h $(CODEC_SRC) $(TRANSFER_SRC) | $(BUILD)/spec
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_test.c bindings/codec.c \
+	  bindings/transfer.c \
 	  $(LUAJIT_LIBS) -lm
 
 ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check $(BUILD)/spec/codec_test
@@ -134,7 +137,7 @@ asan: deps-san all
 	@# The Lua specs with the binding (and engine) built with ASAN+UBSan,
 	@# LuaJIT itself running with the ASAN runtime preloaded.
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=0 \
-	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua spec/spawn_spec.lua
+	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua spec/spawn_spec.lua spec/transfer_spec.lua
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=1 \
 	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/asan/?.so;;' luajit spec/leaks.lua
 tsan: deps-san

@@ -40,6 +40,7 @@ enum {
     T_U64 = 0x0d,      /* 8 bytes */
     T_HANDLE = 0x0e,   /* varint handle index */
     T_LATER = 0x0f,    /* a table whose contents follow the root value */
+    T_NAMED = 0x10,    /* varint length, path: a value sent by name */
     T_SMALLINT = 0x40, /* 0x40 + n, n in 0..63 */
     T_SHORTSTR = 0x80  /* 0x80 + length, length in 0..127 */
 };
@@ -434,7 +435,7 @@ static void sb_printf(sbuf *s, const char *fmt, ...) {
 
 /* ---- pointer map ---------------------------------------------------------- */
 
-enum { K_OBJ = 1, K_UPVAL = 2 };
+enum { K_OBJ = 1, K_UPVAL = 2, K_LIGHT = 3 };
 
 typedef struct pent {
     const void *p;
@@ -530,7 +531,7 @@ typedef struct hent {
 } hent;
 
 /* Stack slots of the protected encoder frame. */
-enum { ES_CTX = 1, ES_VAL, ES_HENC, ES_HSTORE, ES_HANDLES, ES_LATER };
+enum { ES_CTX = 1, ES_VAL, ES_NAMES, ES_LABELS, ES_FUNCS, ES_HENC, ES_HSTORE, ES_HANDLES, ES_LATER };
 
 typedef struct enc {
     lua_State *L;
@@ -540,6 +541,10 @@ typedef struct enc {
     uint32_t nobjs;
     uint32_t nrefs; /* references written (T_REF, T_UPJOIN) */
     int nlater;     /* deferred tables, in ES_LATER[1..nlater] */
+    int names;      /* ES_NAMES is a table: values sent by name */
+    int labels;     /* ES_LABELS is a table: labels of the root's fields */
+    int funcs;      /* ES_FUNCS is a table: encoded Lua functions go there */
+    int nfuncs;     /* entries in ES_FUNCS */
     hent *hs;
     size_t nh, hcap;
     int depth, nseg;
@@ -796,6 +801,83 @@ static void render_func(enc *e, sbuf *s, int fidx) {
 }
 
 
+/* -- labelled root fields (weft_codec_opts.labels) --
+ * A labelled field of the root table is named in messages by its label, the
+ * way an upvalue is named by "upvalue 'x' of function at f.lua:3"; segment 0
+ * is then an anchor like SEG_UPVAL. An empty label makes the field
+ * transparent: paths inside it read as if it were the root value. */
+
+typedef struct anchors {
+    int label; /* stack index of the label of segment 0, or 0 */
+    int base;  /* first segment of the path (1 when segment 0 is transparent) */
+} anchors;
+
+/* Looks up the label of the root field entered by segment 0 (stack: may
+ * push one value, which stays until the message is built). */
+static anchors find_label(enc *e) {
+    lua_State *L = e->L;
+    anchors a = {0, 0};
+    if (!e->labels || e->nseg == 0)
+        return a;
+    const seg *g = &e->segs[0];
+    if (g->kind == SEG_ARR)
+        lua_pushnumber(L, (double)g->i);
+    else if (g->kind == SEG_FIELD)
+        lua_pushvalue(L, g->a);
+    else
+        return a;
+    lua_rawget(L, ES_LABELS);
+    int t = lua_type(L, -1);
+    if (t == LUA_TSTRING && lua_objlen(L, -1) == 0)
+        a.base = 1;
+    else if (t == LUA_TSTRING || t == LUA_TTABLE)
+        a.label = lua_gettop(L);
+    if (!a.label)
+        lua_pop(L, 1);
+    return a;
+}
+
+static int is_anchor(const enc *e, const anchors *a, int i) {
+    return e->segs[i].kind == SEG_UPVAL || (i == 0 && a->label);
+}
+
+/* Part 1 ("what") or 2 ("where") of the label at lbl: a string is its own
+ * "what"; a table is {what, where}. */
+static void render_label_part(enc *e, sbuf *s, int lbl, int part) {
+    lua_State *L = e->L;
+    if (lua_type(L, lbl) == LUA_TSTRING) {
+        if (part == 1)
+            sb_puts(s, lua_tostring(L, lbl));
+        return;
+    }
+    lua_rawgeti(L, lbl, part);
+    if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1)) {
+        if (part == 2)
+            sb_puts(s, " ");
+        sb_puts(s, lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+}
+
+/* "upvalue 'f' (subject) of function at x.lua:12" or, for the label,
+ * "global 'co' (subject) of function at x.lua:3"; "(subject)" when given. */
+static void render_anchor(enc *e, sbuf *s, const anchors *a, int i, const char *subject) {
+    const seg *g = &e->segs[i];
+    if (g->kind == SEG_UPVAL) {
+        sb_puts(s, "upvalue ");
+        render_upname(e, s, g);
+        if (subject)
+            sb_printf(s, " (%s)", subject);
+        sb_puts(s, " of function at ");
+        render_func(e, s, g->a);
+        return;
+    }
+    render_label_part(e, s, a->label, 1);
+    if (subject)
+        sb_printf(s, " (%s)", subject);
+    render_label_part(e, s, a->label, 2);
+}
+
 /* Fails with "cannot copy <subject> <where>" built from the current path. */
 NOINLINE static int enc_refuse(enc *e, const char *subject) {
     sbuf s = {e->err, e->errlen, 0};
@@ -803,32 +885,29 @@ NOINLINE static int enc_refuse(enc *e, const char *subject) {
         s.b[0] = 0;
     e->failed = 1;
     lua_checkstack(e->L, 8);
+    anchors a = find_label(e);
     int n = e->nseg, u = -1;
-    for (int i = n - 1; i >= 0; i--)
-        if (e->segs[i].kind == SEG_UPVAL) {
+    for (int i = n - 1; i >= a.base; i--)
+        if (is_anchor(e, &a, i)) {
             u = i;
             break;
         }
     if (u >= 0 && u == n - 1) {
-        sb_puts(&s, "cannot copy upvalue ");
-        render_upname(e, &s, &e->segs[u]);
-        sb_printf(&s, " (%s) of function at ", subject);
-        render_func(e, &s, e->segs[u].a);
+        sb_puts(&s, "cannot copy ");
+        render_anchor(e, &s, &a, u, subject);
     } else {
         sb_printf(&s, "cannot copy %s", subject);
-        render_where(e, &s, u + 1, n, 1);
+        render_where(e, &s, u >= 0 ? u + 1 : a.base, n, 1);
         if (u >= 0) {
-            sb_puts(&s, " in upvalue ");
-            render_upname(e, &s, &e->segs[u]);
-            sb_puts(&s, " of function at ");
-            render_func(e, &s, e->segs[u].a);
+            sb_puts(&s, " in ");
+            render_anchor(e, &s, &a, u, NULL);
         }
     }
-    if (u > 0) { /* how the function itself was reached */
+    if (u > a.base) { /* how the innermost anchor was reached */
         sb_puts(&s, " (reached through ");
-        int start = 0, sep = 0;
-        for (int i = 0; i <= u; i++) {
-            if (i < u && e->segs[i].kind != SEG_UPVAL)
+        int start = a.base, sep = 0;
+        for (int i = a.base; i <= u; i++) {
+            if (i < u && !is_anchor(e, &a, i))
                 continue;
             if (i > start) {
                 if (sep)
@@ -839,10 +918,7 @@ NOINLINE static int enc_refuse(enc *e, const char *subject) {
             if (i < u) {
                 if (sep)
                     sb_puts(&s, ", ");
-                sb_puts(&s, "upvalue ");
-                render_upname(e, &s, &e->segs[i]);
-                sb_puts(&s, " of function at ");
-                render_func(e, &s, e->segs[i].a);
+                render_anchor(e, &s, &a, i, NULL);
                 sep = 1;
             }
             start = i + 1;
@@ -863,7 +939,9 @@ static void seg_push(enc *e, int kind, int a, int b, size_t i) {
 /* 1: already encoded (a reference was written); 0: newly numbered; -1: error */
 static int enc_seen(enc *e, int idx) {
     int found;
-    pent *p = pm_lookup(&e->map, lua_topointer(e->L, idx), K_OBJ, e->nobjs, &found);
+    /* a light userdata is a bare pointer, which may equal an object's address */
+    uint32_t kind = lua_type(e->L, idx) == LUA_TLIGHTUSERDATA ? K_LIGHT : K_OBJ;
+    pent *p = pm_lookup(&e->map, lua_topointer(e->L, idx), kind, e->nobjs, &found);
     if (!p)
         return enc_fail(e, "cannot copy value: out of memory");
     if (found) {
@@ -883,9 +961,15 @@ NOINLINE static int enc_too_deep(enc *e, const char *what) {
     e->failed = 1;
     lua_checkstack(e->L, 8);
     sb_printf(&s, "cannot copy %s nested more than %d levels deep", what, WEFT_CODEC_MAX_DEPTH);
-    if (e->nseg) {
+    anchors a = find_label(e);
+    int from = a.base + (a.label ? 1 : 0);
+    if (e->nseg > from) {
         sb_puts(&s, " at ");
-        render_path(e, &s, 0, e->nseg);
+        render_path(e, &s, from, e->nseg);
+    }
+    if (a.label) {
+        sb_puts(&s, " in ");
+        render_anchor(e, &s, &a, 0, NULL);
     }
     return -1;
 }
@@ -1000,6 +1084,10 @@ static int enc_function(enc *e, int idx) {
     uint32_t fid = e->nobjs - 1;
     if (enc_enter(e, "function"))
         return -1;
+    if (e->funcs) {
+        lua_pushvalue(L, idx);
+        lua_rawseti(L, ES_FUNCS, ++e->nfuncs);
+    }
     if (put_byte(e, T_FUNC) || W_NEED(e, 12))
         return -1;
     size_t pos = e->n;
@@ -1170,8 +1258,40 @@ NOINLINE static int enc_cdata(enc *e, int idx) {
     return code < 0 ? -1 : enc_cdata_write(e, idx, code);
 }
 
+/* When the value at idx is in the names table, pushes its path and returns 1;
+ * else pushes nothing and returns 0. Only objects (tables, functions,
+ * userdata, threads, cdata, light userdata) are looked up, and only a string
+ * counts as a path. */
+static int enc_name_of(enc *e, int idx) {
+    lua_State *L = e->L;
+    int t = lua_type(L, idx);
+    if (!e->names || (t != LUA_TLIGHTUSERDATA && t < LUA_TTABLE))
+        return 0;
+    lua_pushvalue(L, idx);
+    lua_rawget(L, ES_NAMES);
+    if (lua_type(L, -1) == LUA_TSTRING)
+        return 1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Writes the value at idx by name; its path is on top of the stack (popped). */
+NOINLINE static int enc_named(enc *e, int idx) {
+    lua_State *L = e->L;
+    int r = enc_seen(e, idx);
+    if (r == 0) {
+        size_t len;
+        const char *path = lua_tolstring(L, -1, &len);
+        r = put_typed_varint(e, T_NAMED, len) || put_bytes(e, path, len) ? -1 : 0;
+    }
+    lua_pop(L, 1);
+    return r < 0 ? -1 : 0;
+}
+
 static int enc_value(enc *e, int idx) {
     lua_State *L = e->L;
+    if (e->names && enc_name_of(e, idx))
+        return enc_named(e, idx);
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
         return put_byte(e, T_NIL);
@@ -1203,13 +1323,19 @@ static int enc_value(enc *e, int idx) {
 
 static int enc_protected(lua_State *L) {
     enc *e = lua_touserdata(L, ES_CTX);
-    lua_settop(L, ES_VAL);
+    lua_settop(L, ES_FUNCS); /* ES_NAMES, ES_LABELS, ES_FUNCS: tables or nil */
+    e->names = lua_istable(L, ES_NAMES);
+    e->labels = lua_istable(L, ES_LABELS);
+    e->funcs = lua_istable(L, ES_FUNCS);
+    e->nfuncs = e->funcs ? (int)lua_objlen(L, ES_FUNCS) : 0;
     lua_pushnil(L); /* ES_HENC */
     lua_pushnil(L); /* ES_HSTORE */
     lua_pushnil(L); /* ES_HANDLES */
     lua_pushnil(L); /* ES_LATER */
-    int code = 0;
-    if (lua_type(L, ES_VAL) == LUA_TCDATA_) {
+    int code = 0, named = e->names && enc_name_of(e, ES_VAL);
+    if (named)
+        lua_pop(L, 1); /* enc_value writes it */
+    if (lua_type(L, ES_VAL) == LUA_TCDATA_ && !named) {
         code = enc_cdata_describe(e, ES_VAL);
         if (code < 0)
             return 0;
@@ -1302,7 +1428,25 @@ static void enc_cleanup(enc *e, int ok) {
     free(e->hs);
 }
 
+/* Pushes the value at stack index idx, or nil for 0. */
+static void push_opt(lua_State *L, int idx) {
+    if (idx)
+        lua_pushvalue(L, idx);
+    else
+        lua_pushnil(L);
+}
+
+/* Stack index idx as an absolute one (pseudo-indices and 0 unchanged). */
+static int abs_index(lua_State *L, int idx) {
+    return idx < 0 && idx > LUA_REGISTRYINDEX ? lua_gettop(L) + idx + 1 : idx;
+}
+
 int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t errlen) {
+    return weft_codec_encode_named(L, idx, NULL, out, err, errlen);
+}
+
+int weft_codec_encode_named(lua_State *L, int idx, const weft_codec_opts *opts, weft_val *out, char *err,
+                            size_t errlen) {
     memset(out, 0, sizeof *out);
     if (err && errlen)
         err[0] = 0;
@@ -1338,9 +1482,10 @@ int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t er
     default:
         break;
     }
-    if (idx < 0 && idx > LUA_REGISTRYINDEX)
-        idx = lua_gettop(L) + idx + 1;
-    if (!lua_checkstack(L, 4)) {
+    idx = abs_index(L, idx);
+    int names = opts ? abs_index(L, opts->names) : 0, labels = opts ? abs_index(L, opts->labels) : 0,
+        funcs = opts ? abs_index(L, opts->funcs) : 0;
+    if (!lua_checkstack(L, 8)) {
         set_err(err, errlen, "cannot copy value: Lua stack overflow");
         return -1;
     }
@@ -1358,7 +1503,10 @@ int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t er
     push_cached(L, &k_encfn, enc_protected);
     lua_pushlightuserdata(L, e);
     lua_pushvalue(L, idx);
-    int st = lua_pcall(L, 2, 0, 0);
+    push_opt(L, names);
+    push_opt(L, labels);
+    push_opt(L, funcs);
+    int st = lua_pcall(L, 5, 0, 0);
     int ok = st == 0 && !e->failed;
     if (st != 0) {
         const char *msg = lua_tostring(L, -1);
@@ -1434,7 +1582,8 @@ void weft_codec_val_free(weft_val *v) {
 
 /* ---- decoder -------------------------------------------------------------- */
 
-enum { DS_CTX = 1, DS_REFS, DS_HDEC, DS_LATER };
+/* Stack slots of the protected decoder frame. */
+enum { DS_CTX = 1, DS_RESOLVER, DS_ENV, DS_REFS, DS_HDEC, DS_LATER, DS_NAMED };
 
 typedef struct dec {
     lua_State *L;
@@ -1443,6 +1592,7 @@ typedef struct dec {
     const unsigned char *p, *end;
     uint32_t nobjs;
     int nlater; /* deferred tables, in DS_LATER[1..nlater] */
+    int env;    /* DS_ENV is the environment of decoded functions */
     int depth;
     int failed;
     char *err;
@@ -1577,6 +1727,10 @@ static int dec_function(dec *d) {
         return corrupt(d, "bad function bytecode: %s", msg ? msg : "?");
     }
     int f = lua_gettop(L);
+    if (d->env) {
+        lua_pushvalue(L, DS_ENV);
+        lua_setfenv(L, f);
+    }
     if (dec_register(d))
         return -1;
     int have = lua_nups(L, f);
@@ -1687,6 +1841,50 @@ NOINLINE static int dec_handle(dec *d) {
     return dec_register(d);
 }
 
+/* Fails with "cannot resolve '<path>': <why>" (not a corruption). */
+NOINLINE static int resolve_fail(dec *d, const char *path, size_t len, const char *why) {
+    set_err(d->err, d->errlen, "cannot resolve '%.*s': %s", (int)(len > 120 ? 120 : len), path, why);
+    d->failed = 1;
+    return -1;
+}
+
+/* A value sent by name: resolver(path), once per distinct path. */
+NOINLINE static int dec_named(dec *d) {
+    lua_State *L = d->L;
+    uint64_t len;
+    if (rd_count(d, &len, 1))
+        return -1;
+    const char *path = (const char *)d->p;
+    d->p += len;
+    if (lua_isnil(L, DS_RESOLVER))
+        return resolve_fail(d, path, (size_t)len, "no resolver was given");
+    if (!lua_checkstack(L, 4))
+        return corrupt(d, "Lua stack overflow");
+    if (lua_isnil(L, DS_NAMED)) {
+        lua_newtable(L);
+        lua_replace(L, DS_NAMED);
+    }
+    lua_pushlstring(L, path, (size_t)len);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, DS_NAMED);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, DS_RESOLVER);
+        lua_pushvalue(L, -2);
+        if (lua_pcall(L, 1, 1, 0) != 0) {
+            const char *msg = lua_tostring(L, -1);
+            return resolve_fail(d, path, (size_t)len, msg ? msg : "(error object is not a string)");
+        }
+        if (lua_isnil(L, -1))
+            return resolve_fail(d, path, (size_t)len, "the resolver returned nil");
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, DS_NAMED);
+    }
+    lua_remove(L, -2);
+    return dec_register(d);
+}
+
 NOINLINE static int dec_later(dec *d) {
     lua_State *L = d->L;
     if (d->nlater >= 0x7ffffff0)
@@ -1780,6 +1978,8 @@ static int dec_value(dec *d) {
     }
     case T_HANDLE:
         return dec_handle(d);
+    case T_NAMED:
+        return dec_named(d);
     default:
         d->p--;
         return corrupt(d, "bad type byte 0x%02x", t);
@@ -1788,7 +1988,8 @@ static int dec_value(dec *d) {
 
 static int dec_protected(lua_State *L) {
     dec *d = lua_touserdata(L, DS_CTX);
-    lua_settop(L, DS_CTX);
+    lua_settop(L, DS_ENV); /* DS_RESOLVER, DS_ENV: as given, or nil */
+    d->env = lua_istable(L, DS_ENV);
     const weft_val *v = d->v;
     if (v->tag == WEFT_TAG_INT64 || v->tag == WEFT_TAG_UINT64) {
         lua_pushnil(L); /* DS_REFS (unused) */
@@ -1807,8 +2008,9 @@ static int dec_protected(lua_State *L) {
         lua_createtable(L, (int)(d->bl.nobjs < 1024 ? d->bl.nobjs : 1024), 0); /* DS_REFS */
     else
         lua_pushnil(L);
-    lua_pushnil(L);                                                      /* DS_HDEC */
-    lua_pushnil(L);                                                      /* DS_LATER */
+    lua_pushnil(L); /* DS_HDEC */
+    lua_pushnil(L); /* DS_LATER */
+    lua_pushnil(L); /* DS_NAMED: path -> resolved value */
     d->p = d->bl.b + HDR_SIZE;
     d->end = d->bl.b + d->bl.off;
     if (dec_value(d))
@@ -1834,8 +2036,18 @@ static int dec_protected(lua_State *L) {
 }
 
 int weft_codec_decode(lua_State *L, const weft_val *v, char *err, size_t errlen) {
+    return weft_codec_decode_named(L, v, 0, 0, err, errlen);
+}
+
+int weft_codec_decode_named(lua_State *L, const weft_val *v, int resolver, int env, char *err, size_t errlen) {
     if (err && errlen)
         err[0] = 0;
+    resolver = abs_index(L, resolver);
+    env = abs_index(L, env);
+    if (env && !lua_istable(L, env)) {
+        set_err(err, errlen, "cannot decode value: the environment is not a table");
+        return -1;
+    }
     if (!lua_checkstack(L, 8)) {
         set_err(err, errlen, "cannot decode value: Lua stack overflow");
         return -1;
@@ -1875,7 +2087,9 @@ int weft_codec_decode(lua_State *L, const weft_val *v, char *err, size_t errlen)
     d.errlen = errlen;
     push_cached(L, &k_decfn, dec_protected);
     lua_pushlightuserdata(L, &d);
-    int st = lua_pcall(L, 1, 1, 0);
+    push_opt(L, resolver);
+    push_opt(L, env);
+    int st = lua_pcall(L, 3, 1, 0);
     if (st != 0) {
         const char *msg = lua_tostring(L, -1);
         set_err(err, errlen, "cannot decode value: %s", msg ? msg : "error");

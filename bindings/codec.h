@@ -41,11 +41,43 @@
  *     cannot copy userdata at field 'pattern'
  *     cannot copy thread at [3].co
  *     cannot copy upvalue 'f' (function: builtin) of function at x.lua:12
+ *   weft_codec_encode_named can send values by name instead (see below).
  *   Tables nest without limit (a linked list of 100k nodes copies): a table
  *   more than 64 levels deep is written after the root value instead of
  *   inline, so the C recursion stays bounded. Functions nested in each
  *   other's upvalues more than WEFT_CODEC_MAX_DEPTH levels deep are refused
  *   ("cannot copy function nested more than 200 levels deep at ...").
+ *
+ * Values sent by name (weft_codec_encode_named, weft_codec_decode_named)
+ *   For isolates (weft.spawn): the encoder is given a names table mapping
+ *   values to paths (strings). Any value found in it, wherever it is reached
+ *   (the root, table keys and values, metatables, upvalues), is written as
+ *   its path instead of being copied or refused: module tables, C and fast
+ *   functions (string.format, pairs), userdata such as io.stdout. Only
+ *   objects are looked up (tables, functions, userdata, threads, cdata,
+ *   light userdata), and only string paths count. Identity holds: a value
+ *   reached twice is written once and decodes to one object. The decoder
+ *   calls resolver(path) once per distinct path (two distinct values with
+ *   the same path decode to one object) and uses its result; a resolver that
+ *   raises or returns nil makes the decode fail with
+ *     cannot resolve 'lpeg.match': <its error, or "the resolver returned nil">
+ *   and decoding a by-name value without a resolver fails with
+ *     cannot resolve 'lpeg.match': no resolver was given
+ *   The decoder may also be given an environment table, which becomes the
+ *   environment (setfenv) of every Lua function it decodes from bytecode
+ *   (closures they create inherit it); by-name functions keep their own.
+ *
+ *   Labels: the encoder may be given a labels table that names fields of the
+ *   ROOT table in messages, the way an upvalue is named: root[k] with
+ *   labels[k] = {"global 'co'", "of function at x.lua:3"} gives
+ *     cannot copy global 'co' (thread) of function at x.lua:3
+ *     cannot copy userdata at field 'sock' in global 'co' of function at x.lua:3
+ *     ... (reached through global 'co' of function at x.lua:3)
+ *   labels[k] = "argument 2" (a string: no "where" part) gives
+ *     cannot copy argument 2 (userdata)
+ *   and labels[k] = "" makes the field transparent: messages read as if
+ *   root[k] were the root value ("cannot copy upvalue 'f' (thread) of
+ *   function at x.lua:12").
  *
  * Ownership and freeing
  *   weft_codec_encode fills *out, which the caller owns. weft_codec_decode
@@ -82,6 +114,9 @@
  *            0x0c / 0x0d int64_t / uint64_t cdata: 8 bytes
  *            0x0e handle: varint index into the handle table
  *            0x0f deferred table: numbered here, contents written later
+ *            0x10 by name: varint length, path (numbered as an object, so
+ *                 later occurrences are 0x08 references); a decoder without
+ *                 a resolver refuses it. Blobs without it are unchanged.
  *   deferred after the body's value, for each 0x0f table in order, its
  *            contents: 0x06/0x07 and the table layout above
  *   handles  per handle 24 bytes: u32 type id, u32 0, u64 pointer, u64 keyed
@@ -133,10 +168,30 @@ enum {
  * never allocate. Uses a few Lua stack slots and may run the GC. */
 int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t errlen);
 
+/* Options of weft_codec_encode_named: stack indices of tables, 0 for none.
+ *   names   value -> path (string): such values are sent by name
+ *   labels  root key -> label: names root fields in messages (see above)
+ *   funcs   a sequence; every Lua function copied as bytecode is appended
+ *           to it (each once), so that a caller can inspect what was copied */
+typedef struct weft_codec_opts {
+    int names, labels, funcs;
+} weft_codec_opts;
+
+/* weft_codec_encode with options (opts may be NULL: no options). */
+int weft_codec_encode_named(lua_State *L, int idx, const weft_codec_opts *opts, weft_val *out, char *err,
+                            size_t errlen);
+
 /* Pushes the value that v holds (see the tags above). Returns 0 with one
  * value pushed, or -1 with nothing pushed and a message in err. Never frees
  * or modifies v; safe on corrupt or truncated input. */
 int weft_codec_decode(lua_State *L, const weft_val *v, char *err, size_t errlen);
+
+/* weft_codec_decode that resolves values sent by name with the function (or
+ * callable) at stack index resolver, called as resolver(path) -> value, and
+ * makes the table at stack index env the environment of the Lua functions
+ * it decodes. Either index may be 0 (no resolver: by-name values fail; no
+ * env: functions get L's globals). Same results and guarantees otherwise. */
+int weft_codec_decode_named(lua_State *L, const weft_val *v, int resolver, int env, char *err, size_t errlen);
 
 /* Frees any weft_val; for a blob, first drops the references it holds on
  * engine objects (the release callback of each handle in it). Leaves v

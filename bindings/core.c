@@ -26,6 +26,7 @@
  */
 #include "codec.h"
 #include "host.h"
+#include "transfer.h"
 
 #include <dlfcn.h>
 #include <lauxlib.h>
@@ -99,15 +100,13 @@ static int l_go(lua_State *L) {
     return 1;
 }
 
-/* core.spawn(payload) -> id: an isolate whose VM's starter gets a copy of
- * payload (init.lua packs the function and its arguments into it). */
+/* core.spawn(packed) -> id: an isolate whose VM's starter gets packed (the
+ * function and its arguments, packed by lua/weft/transfer.lua), moved. */
 static int l_spawn(lua_State *L) {
-    luaL_checkany(L, 1);
     current(L, "spawn");
     weft_val v;
-    char err[WEFT_CODEC_ERRLEN];
-    if (weft_codec_encode(L, 1, &v, err, sizeof err) != 0)
-        return luaL_error(L, "weft.spawn: %s", err);
+    if (weft_transfer_take(L, 1, &v) != 0)
+        return luaL_argerror(L, 1, "packed value expected");
     hostg *h = weft_hostg_isolate(v);
     if (!h) {
         weft_codec_val_free(&v);
@@ -460,5 +459,6 @@ int luaopen_weft_core(lua_State *L) {
     lua_setfield(L, -2, "chan_mt");
     lua_pushstring(L, WEFT_VERSION);
     lua_setfield(L, -2, "version");
+    weft_transfer_register(L);
     return 1;
 }

@@ -10,11 +10,11 @@
  * stops; in between only that thread touches it (DESIGN rule 1).
  *
  * Goroutines. `go` makes a goroutine bound to the caller's processor, in the
- * caller's VM. `spawn` makes a portable one holding its encoded function and
- * arguments (the payload); the processor that first runs it binds it, and
- * host_run then makes its coroutine in that processor's VM and starts it
- * with the VM's isolate starter (registered by lua/weft/init.lua) applied to
- * the payload.
+ * caller's VM. `spawn` makes a portable one holding its packed function and
+ * arguments (the payload, transfer.h); the processor that first runs it
+ * binds it, and host_run then makes its coroutine in that processor's VM
+ * and starts it with the VM's isolate starter (registered by
+ * lua/weft/init.lua) applied to the payload, pushed as a packed value.
  *
  * Running. host_run resumes the coroutine. It yields OP to start the
  * operation it recorded (fast.c: parked, or done at once and resumed
@@ -30,6 +30,7 @@
  */
 #include "codec.h"
 #include "host.h"
+#include "transfer.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -218,14 +219,13 @@ static bool isolate_start(weft_proc *p, weft_g *g, hostg *h) {
     h->vm = p->id;
     lua_State *co = h->co;
     lua_getfield(co, LUA_REGISTRYINDEX, WEFT_ISOLATE_STARTER);
-    char err[WEFT_CODEC_ERRLEN] = "weft: no isolate starter in this VM";
-    if (!lua_isfunction(co, -1) || weft_codec_decode(co, &h->payload, err, sizeof err) != 0) {
+    if (!lua_isfunction(co, -1)) {
         lua_settop(co, 0);
-        lua_pushstring(co, err);
+        lua_pushstring(co, "weft: no isolate starter in this VM");
         goroutine_failed(vs->L, co, g->id);
         return false;
     }
-    weft_codec_val_free(&h->payload);
+    weft_transfer_push(co, &h->payload);
     h->nargs = 1;
     return true;
 }

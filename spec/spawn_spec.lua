@@ -102,6 +102,60 @@ describe("weft.spawn", function()
     assert.are.equal(2, procs)
   end)
 
+  it("copies the user globals the function reads, on every processor", function()
+    local got = run(function()
+      spawn_spec_config = { factor = 3 }
+      function spawn_spec_scale(x) return x * spawn_spec_config.factor end
+      local out = weft.chan(8)
+      for i = 1, 8 do
+        weft.spawn(function(k, o) o:send(spawn_spec_scale(k)) end, i, out)
+      end
+      local sum = 0
+      for _ = 1, 8 do sum = sum + out:recv() end
+      spawn_spec_config, spawn_spec_scale = nil, nil
+      return sum
+    end)
+    assert.are.equal(3 * 36, got)
+  end)
+
+  it("sends module values by name: string.format, math.floor, pairs, lpeg", function()
+    local got = run(function()
+      local lpeg = require "lpeg"
+      local digits = lpeg.C(lpeg.R("09") ^ 1)
+      local fmt, floor = string.format, math.floor
+      local out = weft.chan(4)
+      for i = 1, 4 do
+        weft.spawn(function(k, o)
+          -- the pattern is userdata: it is built here, from the module
+          local p = lpeg.P("n=") * lpeg.C(lpeg.R("09") ^ 1)
+          local n = 0
+          for _ in pairs({ a = 1, b = 2 }) do n = n + 1 end
+          o:send(fmt("%d:%s:%d", k, p:match("n=" .. floor(k * 10.7)), n))
+        end, i, out)
+      end
+      local got = {}
+      for _ = 1, 4 do got[#got + 1] = out:recv() end
+      table.sort(got)
+      assert(digits:match("42") == "42")
+      return got
+    end)
+    assert.are.same({ "1:10:2", "2:21:2", "3:32:2", "4:42:2" }, got)
+  end)
+
+  it("rebinds _G to the isolate's environment", function()
+    local leaked, got = run(function()
+      local G = _G
+      local out = weft.chan()
+      weft.spawn(function(o)
+        G.spawn_spec_via_G = "inside"
+        o:send(spawn_spec_via_G)
+      end, out)
+      return rawget(_G, "spawn_spec_via_G"), out:recv()
+    end)
+    assert.is_nil(leaked)
+    assert.are.equal("inside", got)
+  end)
+
   it("reports an error in an isolate as an error in that goroutine", function()
     local ok, err = pcall(run, function()
       local done = weft.chan()
@@ -112,10 +166,17 @@ describe("weft.spawn", function()
     assert.matches("error in goroutine %d+: .*boom in isolate", err)
   end)
 
-  it("refuses what cannot be copied, at once", function()
+  it("refuses what cannot be copied, at once, naming it", function()
     run(function()
       local co = coroutine.create(print)
-      assert.has_error(function() weft.spawn(function() return co end) end)
+      local ok, err = pcall(weft.spawn, function() return co end)
+      assert.is_false(ok)
+      assert.matches("cannot copy upvalue 'co' %(thread%) of function at .*spawn_spec.lua:%d+", err)
+      spawn_spec_proxy = newproxy()
+      ok, err = pcall(weft.spawn, function() return spawn_spec_proxy end)
+      spawn_spec_proxy = nil
+      assert.is_false(ok)
+      assert.matches("cannot copy global 'spawn_spec_proxy' %(userdata%)", err)
       assert.has_error(function() weft.spawn("not a function") end,
         "weft.spawn: fn must be a function, got string")
     end)

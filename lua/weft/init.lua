@@ -132,21 +132,24 @@ function weft.go(fn, ...)
   return core.go(fn, ...)
 end
 
--- Isolated goroutines: fn and the arguments are copied into a new isolate
--- that the scheduler may start on any processor, in that processor's VM,
--- with an environment of its own whose reads fall through to the VM's
--- globals.
+-- Isolated goroutines: fn, its upvalues, the user globals it reads and the
+-- arguments are copied (lua/weft/transfer.lua; module values travel by
+-- name) into a new isolate that the scheduler may start on any processor,
+-- in that processor's VM, with an environment of its own whose reads fall
+-- through to the VM's globals.
+local transfer = require "weft.transfer"
+
 function weft.spawn(fn, ...)
   if type(fn) ~= "function" then
     error("weft.spawn: fn must be a function, got " .. type(fn), 2)
   end
-  return core.spawn({ fn, n = select("#", ...), ... })
+  local packed = transfer.pack(fn, ...) -- raises at our caller's level
+  return core.spawn(packed)
 end
 
-local function start_isolate(t)
+local function start_isolate(packed)
   local env = setmetatable({}, { __index = _G })
-  setfenv(t[1], env)
-  return t[1](unpack(t, 2, t.n + 1))
+  return (function(fn, ...) return fn(...) end)(transfer.unpack(packed, env))
 end
 core.set_isolate_starter(start_isolate)
 

@@ -3,8 +3,9 @@
  *
  * Each input is used three ways:
  *  1. decoded as a blob as it is (header included), and as the body of a blob
- *     with a valid header, in a second lua_State: must fail cleanly or give
- *     a value;
+ *     with a valid header (decoded with a resolver for by-name values and
+ *     an environment), in a second lua_State: must fail cleanly or give a
+ *     value;
  *  2. run as a little program that builds a Lua value in the first state
  *     (numbers, strings, booleans, tables, shared references and cycles,
  *     metatables, tables as keys, closures and shared upvalues, int64 and
@@ -136,10 +137,18 @@ static void decode_bytes(const uint8_t *data, size_t size, int with_header) {
     }
     if (size)
         memcpy(b + (with_header ? 16 : 0), data, size);
-    int top = lua_gettop(L2);
-    int r = weft_codec_decode(L2, &v, err, sizeof err);
-    if (lua_gettop(L2) != top + (r == 0))
-        abort();
+    int top = lua_gettop(L2), r;
+    if (with_header) { /* with a resolver for by-name values, and an environment */
+        lua_getglobal(L2, "fuzz_resolve");
+        lua_getglobal(L2, "fuzz_env");
+        r = weft_codec_decode_named(L2, &v, top + 1, top + 2, err, sizeof err);
+        if (lua_gettop(L2) != top + 2 + (r == 0))
+            abort();
+    } else {
+        r = weft_codec_decode(L2, &v, err, sizeof err);
+        if (lua_gettop(L2) != top + (r == 0))
+            abort();
+    }
     lua_settop(L2, top);
     weft_val_free(&v); /* a copy that owns no references */
 }
@@ -363,6 +372,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!L1) {
         L1 = new_state();
         L2 = new_state();
+        /* paths starting with '!' make the resolver raise */
+        if (luaL_dostring(L2, "fuzz_env = setmetatable({}, {__index = _G})\n"
+                              "function fuzz_resolve(p) if p:byte(1) == 33 then error('no ' .. p) end"
+                              " return {p} end"))
+            abort();
     }
     decode_bytes(data, size, 0);
     decode_bytes(data, size, 1);

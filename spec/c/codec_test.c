@@ -7,12 +7,15 @@
  * one to one (so cycles, shared references and shared upvalues are checked
  * too). Each decoded value is also encoded again and decoded back into the
  * first state. Then: error messages, scalars that must not allocate, handle
- * reference counts, and decoding of truncated and corrupted encodings.
+ * reference counts, decoding of truncated and corrupted encodings, and the
+ * transfer variants (values sent by name and resolved by the receiver,
+ * environments of decoded functions, labelled root fields in messages).
  *
  * One line per test; the last line is "N passed, N failed".
  */
 #include "codec.h"
 #include "codec_deepeq.h"
+#include "transfer.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -821,6 +824,431 @@ static void test_corrupt(void) {
     result(1, "random bodies after a valid header decode or fail cleanly", NULL);
 }
 
+/* ---- values sent by name, labels, environments ------------------------------ */
+
+/* Runs src in L (chunk name `chunk`), leaving exactly n results. */
+static int build_n(lua_State *L, const char *src, const char *chunk, int n, char *msg, size_t msglen) {
+    if (luaL_loadbuffer(L, src, strlen(src), chunk) || lua_pcall(L, 0, n, 0)) {
+        setmsg(msg, msglen, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs the chunk check in L with the n values on top of the stack as its
+ * arguments (they stay); 1 when it returns true, else 0 with the reason. */
+static int check_n(lua_State *L, const char *check, int n, char *msg, size_t msglen) {
+    if (luaL_loadbuffer(L, check, strlen(check), "=check")) {
+        setmsg(msg, msglen, "check: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return 0;
+    }
+    for (int i = 0; i < n; i++)
+        lua_pushvalue(L, -1 - n);
+    if (lua_pcall(L, n, 1, 0)) {
+        setmsg(msg, msglen, "check raised: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return 0;
+    }
+    int ok = lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1);
+    if (!ok)
+        setmsg(msg, msglen, "check: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "false");
+    lua_pop(L, 1);
+    return ok;
+}
+
+/* Runs src in A, which returns (value, names), and encodes the value with
+ * the names into *v; both stay on A's stack. */
+static int encode_src_named(const char *src, weft_val *v, char *msg, size_t msglen) {
+    int top = lua_gettop(A);
+    if (build_n(A, src, "@a.lua", 2, msg, msglen))
+        return -1;
+    weft_codec_opts o = {.names = top + 2};
+    if (weft_codec_encode_named(A, top + 1, &o, v, err, sizeof err)) {
+        setmsg(msg, msglen, "encode: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* A: src returns (value, names) -> encode_named -> B: bsrc returns
+ * (resolver, env) -> decode_named (or plain decode without with_resolver).
+ * With want, the decode must fail with exactly that message, pushing
+ * nothing; else check(value, env) runs in B and must return true. */
+static void named_decode(const char *name, const char *src, const char *bsrc, int with_resolver, const char *want,
+                         const char *check) {
+    char msg[512] = "";
+    int topA = lua_gettop(A), topB = lua_gettop(B), ok = 0;
+    weft_val v;
+    memset(&v, 0, sizeof v);
+    if (encode_src_named(src, &v, msg, sizeof msg))
+        goto out;
+    if (build_n(B, bsrc, "=resolver", 2, msg, sizeof msg))
+        goto out;
+    int env = lua_isnil(B, topB + 2) ? 0 : topB + 2;
+    int r = with_resolver ? weft_codec_decode_named(B, &v, topB + 1, env, err, sizeof err)
+                          : weft_codec_decode(B, &v, err, sizeof err);
+    if (want) {
+        if (r == 0)
+            setmsg(msg, sizeof msg, "decode succeeded");
+        else if (lua_gettop(B) != topB + 2)
+            setmsg(msg, sizeof msg, "stack changed");
+        else if (strcmp(err, want) != 0)
+            setmsg(msg, sizeof msg, "got \"%s\", want \"%s\"", err, want);
+        else
+            ok = 1;
+        goto out;
+    }
+    if (r) {
+        setmsg(msg, sizeof msg, "decode: %s", err);
+        goto out;
+    }
+    lua_pushvalue(B, topB + 2);
+    ok = lua_gettop(B) == topB + 4 && check_n(B, check, 2, msg, sizeof msg);
+out:
+    weft_codec_val_free(&v);
+    lua_settop(A, topA);
+    lua_settop(B, topB);
+    result(ok, name, "%s", msg);
+}
+
+static void named_rt(const char *name, const char *src, const char *bsrc, const char *check) {
+    named_decode(name, src, bsrc, 1, NULL, check);
+}
+
+static void named_fails(const char *name, const char *src, const char *bsrc, int with_resolver, const char *want) {
+    named_decode(name, src, bsrc, with_resolver, want, NULL);
+}
+
+/* Encoding what src returns (value, labels, names) must fail with `want`
+ * (a '~' prefix: a message containing the rest). */
+static void refuse_labelled(const char *name, const char *src, const char *want) {
+    char msg[1200] = "", lerr[1024]; /* room for the longest paths */
+    int top = lua_gettop(A), ok = 0;
+    weft_val v;
+    memset(&v, 0, sizeof v);
+    if (build_n(A, src, "@x.lua", 3, msg, sizeof msg))
+        goto out;
+    weft_codec_opts o = {.labels = top + 2, .names = lua_isnil(A, top + 3) ? 0 : top + 3};
+    if (weft_codec_encode_named(A, top + 1, &o, &v, lerr, sizeof lerr) == 0) {
+        setmsg(msg, sizeof msg, "encode succeeded");
+        weft_codec_val_free(&v);
+        goto out;
+    }
+    if (lua_gettop(A) != top + 3) {
+        setmsg(msg, sizeof msg, "stack changed");
+        goto out;
+    }
+    ok = want[0] == '~' ? strstr(lerr, want + 1) != NULL : strcmp(lerr, want) == 0;
+    if (!ok)
+        setmsg(msg, sizeof msg, "got \"%s\", want \"%s\"", lerr, want);
+out:
+    lua_settop(A, top);
+    result(ok, name, "%s", msg);
+}
+
+/* The receiver's resolver: walks the dotted path from its globals and
+ * records each call in `calls`. */
+static const char WALK_RESOLVER[] =
+    "calls = {}\n"
+    "return function(path)\n"
+    "  calls[#calls + 1] = path\n"
+    "  local v = _G\n"
+    "  for part in path:gmatch('[^.]+') do v = v[part] end\n"
+    "  return v\n"
+    "end, nil\n";
+
+static void test_named(void) {
+    named_rt("by-name values arrive as the receiver's own objects, wherever they are",
+             "local rep = string.rep\n"
+             "local v = {fmt = string.format, m = math, p = print, out = io.stdout, [math.floor] = 'key',\n"
+             "  mt = setmetatable({}, {__index = string}), f = function(s) return rep(s, 2) end}\n"
+             "local names = {[string.format] = 'string.format', [math] = 'math', [print] = 'print',\n"
+             "  [io.stdout] = 'io.stdout', [math.floor] = 'math.floor', [string] = 'string',\n"
+             "  [string.rep] = 'string.rep'}\n"
+             "return v, names",
+             WALK_RESOLVER,
+             "local v = ...\n"
+             "return rawequal(v.fmt, string.format) and rawequal(v.m, math) and rawequal(v.p, print)\n"
+             "  and rawequal(v.out, io.stdout) and v[math.floor] == 'key'\n"
+             "  and rawequal(getmetatable(v.mt).__index, string) and v.f('ab') == 'abab'\n"
+             "  and rawequal(select(2, debug.getupvalue(v.f, 1)), string.rep) and #calls == 7");
+    named_rt("identity: one object and one resolver call per path",
+             "local t, a, b = {}, {}, {}\n"
+             "local deep = {} local p = deep for i = 1, 100 do p.next = {} p = p.next end p.t = t\n"
+             "local v = {t, t, {t}, [t] = t, f = function() return t end, a = a, b = b, deep = deep}\n"
+             "return v, {[t] = 'shared', [a] = 'same', [b] = 'same'}",
+             "calls = {} return function(path) calls[#calls + 1] = path return {path = path} end, nil",
+             "local v = ... local t = v[1] local p = v.deep for i = 1, 100 do p = p.next end\n"
+             "return t.path == 'shared' and v[2] == t and v[3][1] == t and v[t] == t and v.f() == t\n"
+             "  and p.t == t and v.a == v.b and v.a.path == 'same' and #calls == 2");
+    named_rt("the root value and non-copyable values by name",
+             "local co, ud, x = coroutine.create(print), newproxy(), 5LL\n"
+             "return {co, ud, lightud(), x, print, [co] = x},\n"
+             "  {[co] = 'co', [ud] = 'ud', [lightud()] = 'light', [x] = 'five', [print] = 'print'}",
+             "calls = {} return function(path) calls[#calls + 1] = path return path end, nil",
+             "local v = ... return v[1] == 'co' and v[2] == 'ud' and v[3] == 'light' and v[4] == 'five'\n"
+             "  and v[5] == 'print' and v.co == 'five' and #calls == 5");
+    named_rt("a by-name root, and an int64 root by name",
+             "local x = 7LL return {x, print}, {[x] = 'seven', [print] = 'print'}",
+             "return function(path) return path end, nil",
+             "local v = ... return v[1] == 'seven' and v[2] == 'print'");
+    {
+        char msg[300] = "";
+        int topA = lua_gettop(A), topB = lua_gettop(B), ok = 0;
+        weft_val v, w;
+        memset(&v, 0, sizeof v);
+        memset(&w, 0, sizeof w);
+        build_n(A, "return print, {[print] = 'print'}, 3LL, {[3LL] = 'x'}", "=a", 4, msg, sizeof msg);
+        weft_codec_opts o1 = {.names = topA + 2}, o2 = {.names = topA + 4};
+        build_n(B, "return function() return 42 end", "=b", 1, msg, sizeof msg);
+        ok = weft_codec_encode_named(A, topA + 1, &o1, &v, err, sizeof err) == 0 && v.tag == WEFT_CODEC_TAG_BLOB &&
+             weft_codec_encode_named(A, topA + 3, &o2, &w, err, sizeof err) == 0 && w.tag == WEFT_TAG_INT64 &&
+             weft_codec_decode_named(B, &v, topB + 1, 0, err, sizeof err) == 0 && lua_tonumber(B, -1) == 42;
+        if (!ok)
+            setmsg(msg, sizeof msg, "tags %u %u: %s", v.tag, w.tag, err);
+        weft_codec_val_free(&v);
+        weft_codec_val_free(&w);
+        lua_settop(A, topA);
+        lua_settop(B, topB);
+        result(ok, "a C function root by name is a blob; an int64 root not in names stays inline", "%s", msg);
+    }
+    named_rt("names entries that are not strings are ignored",
+             "local t = {1} return {t = t, n = 1}, {[t] = true, [1] = 'one'}",
+             "return function(path) error('called for ' .. path) end, nil",
+             "local v = ... return v.t[1] == 1 and v.n == 1");
+    named_rt("by-name handles take no reference",
+             "local h = mkfake(1) return {h, h}, {[h] = 'h'}",
+             "return function(path) return mkfake(2) end, nil",
+             "local v = ... return v[1]:id() == 2 and v[1] == v[2]");
+    named_rt("the environment is given to every decoded function, nested ones too",
+             "local function inner() return gv end\n"
+             "local function outer() return function() return gv, inner() end end\n"
+             "local mt = {__index = function() return gv end}\n"
+             "return {outer = outer, data = {g = function() return gv end}, set = function() newg = gv end,\n"
+             "  m = setmetatable({}, mt), keep = print}, {[print] = 'print'}",
+             "gv = 'global' return function(path) return _G[path] end, setmetatable({gv = 'env'}, {__index = _G})",
+             "local v, env = ...\n"
+             "local c = v.outer()\n"
+             "local a, b = c()\n"
+             "v.set()\n"
+             "return getfenv(v.outer) == env and getfenv(c) == env and a == 'env' and b == 'env'\n"
+             "  and getfenv(select(2, debug.getupvalue(v.outer, 1))) == env and v.data.g() == 'env'\n"
+             "  and v.m.anything == 'env' and env.newg == 'env' and rawget(_G, 'newg') == nil\n"
+             "  and rawequal(v.keep, print)");
+    named_rt("a by-name Lua function keeps its own environment",
+             "local f = function() end return {f}, {[f] = 'lf'}",
+             "lf = function() return gv end gv = 'global' return function(path) return _G[path] end, {gv = 'env'}",
+             "local v, env = ... return rawequal(v[1], lf) and getfenv(v[1]) == _G and v[1]() == 'global'");
+    named_fails("a resolver that raises fails the decode",
+                "return {string.format}, {[string.format] = 'string.format'}",
+                "return function(path) error('no ' .. path, 0) end", 1,
+                "cannot resolve 'string.format': no string.format");
+    named_fails("a resolver that returns nil fails the decode",
+                "return {x = {math}}, {[math] = 'nothing.here'}",
+                "return function(path) return nil end", 1,
+                "cannot resolve 'nothing.here': the resolver returned nil");
+    named_fails("a by-name value without a resolver fails the decode",
+                "return {print}, {[print] = 'print'}",
+                "return 0", 0,
+                "cannot resolve 'print': no resolver was given");
+    {
+        char msg[300] = "";
+        int topA = lua_gettop(A), ok = 0;
+        weft_val v;
+        memset(&v, 0, sizeof v);
+        build_n(A,
+                "local function helper() return 1 end\n"
+                "local function f() return helper() end\n"
+                "local lf = function() end\n"
+                "return {f, f, g = function() return f end, p = print, n = lf}, {[print] = 'print', [lf] = 'lf'},\n"
+                "  {'already there'}, f, helper",
+                "=a", 5, msg, sizeof msg);
+        weft_codec_opts o = {.names = topA + 2, .funcs = topA + 3};
+        if (weft_codec_encode_named(A, topA + 1, &o, &v, err, sizeof err))
+            setmsg(msg, sizeof msg, "encode: %s", err);
+        else
+            ok = check_n(A,
+                         "local r, names, funcs, f, helper = ...\n"
+                         "local seen = {} for i = 2, #funcs do seen[funcs[i]] = (seen[funcs[i]] or 0) + 1 end\n"
+                         "return funcs[1] == 'already there' and #funcs == 4 and seen[f] == 1 and seen[helper] == 1\n"
+                         "  and seen[r.g] == 1",
+                         5, msg, sizeof msg);
+        weft_codec_val_free(&v);
+        lua_settop(A, topA);
+        result(ok, "funcs lists each Lua function copied as bytecode once, not by-name ones", "%s", msg);
+    }
+
+    /* labelled root fields */
+    refuse_labelled("transparent root field: an upvalue of fn",
+                    "local co = coroutine.create(print)\nreturn {function() return co end}, {[1] = ''}",
+                    "cannot copy upvalue 'co' (thread) of function at x.lua:2");
+    refuse_labelled("transparent root field itself", "return {coroutine.create(print)}, {[1] = ''}",
+                    "cannot copy thread");
+    refuse_labelled("unlabelled root fields keep their paths", "return {1, {coroutine.create(print)}}, {[1] = ''}",
+                    "cannot copy thread at [2][1]");
+    refuse_labelled("a global",
+                    "return {co = coroutine.create(print)}, {co = {\"global 'co'\", 'of function at x.lua:3'}}",
+                    "cannot copy global 'co' (thread) of function at x.lua:3");
+    refuse_labelled("inside a global",
+                    "return {cfg = {sock = newproxy()}}, {cfg = {\"global 'cfg'\", 'of function at x.lua:3'}}",
+                    "cannot copy userdata at field 'sock' in global 'cfg' of function at x.lua:3");
+    refuse_labelled("an upvalue of a function in a global",
+                    "local co = coroutine.create(print)\nlocal function helper() return co end\n"
+                    "return {helper = helper}, {helper = {\"global 'helper'\", 'of function at x.lua:9'}}",
+                    "cannot copy upvalue 'co' (thread) of function at x.lua:2 (reached through global 'helper' of "
+                    "function at x.lua:9)");
+    refuse_labelled("an argument", "return {print, 1, newproxy()}, {[1] = '', [3] = 'argument 1'}, {[print] = 'print'}",
+                    "cannot copy argument 1 (userdata)");
+    refuse_labelled("inside an argument, in its hash part",
+                    "return {[5] = {x = {lightud()}}}, {[5] = 'argument 3'}",
+                    "cannot copy light userdata at x[1] in argument 3");
+    refuse_labelled("an upvalue of a function in an argument",
+                    "local ud = newproxy()\nreturn {print, 1, {h = function() return ud end}},"
+                    " {[1] = '', [3] = 'argument 1'}, {[print] = 'print'}",
+                    "cannot copy upvalue 'ud' (userdata) of function at x.lua:2 (reached through argument 1, field "
+                    "'h')");
+    refuse_labelled("nested too deep inside an argument",
+                    "local f = function() end for i = 1, 201 do local g = f f = function() return g end end\n"
+                    "return {[2] = f}, {[2] = 'argument 1'}",
+                    "~levels deep at <upvalue 'g'><upvalue 'g'>");
+    refuse_labelled("... and the label ends the message",
+                    "local f = function() end for i = 1, 201 do local g = f f = function() return g end end\n"
+                    "return {[2] = f}, {[2] = 'argument 1'}",
+                    "~<upvalue 'g'><upvalue 'g'> in argument 1");
+    refuse_labelled("a labelled key is not a label for the key itself",
+                    "return {[coroutine.create(print)] = 1}, {}",
+                    "cannot copy thread used as a table key");
+
+    /* truncated and corrupted by-name blobs, decoded with a resolver */
+    {
+        int top = lua_gettop(A), topB = lua_gettop(B);
+        weft_val v;
+        char msg[200] = "";
+        build_n(A, "local t = {} return {string.format, x = math, y = {string.format, t}, t, 'long enough string'},"
+                   " {[string.format] = 'string.format', [math] = 'math', [t] = 'a.t'}",
+                "=a", 2, msg, sizeof msg);
+        weft_codec_opts o = {.names = top + 2};
+        int ok = weft_codec_encode_named(A, top + 1, &o, &v, err, sizeof err) == 0;
+        lua_settop(A, top);
+        build_n(B, "return function(path) if #path > 12 then error('long path', 0) end return {path} end", "=b", 1,
+                msg, sizeof msg);
+        int decoded = 0;
+        const unsigned char *b = weft_val_data(&v);
+        size_t len = v.len;
+        unsigned char *t = malloc(len);
+        for (size_t k = 0; ok && k < len; k++) {
+            weft_val c;
+            unsigned char *dst = weft_val_alloc(&c, (uint32_t)k, WEFT_CODEC_TAG_BLOB);
+            memcpy(dst, b, k);
+            int r = weft_codec_decode_named(B, &c, topB + 1, 0, err, sizeof err);
+            decoded += r == 0;
+            ok = ok && lua_gettop(B) == topB + 1 + (r == 0);
+            lua_settop(B, topB + 1);
+            weft_val_free(&c);
+        }
+        for (int i = 0; ok && i < 4000; i++) {
+            memcpy(t, b, len);
+            t[16 + rng() % (len - 16)] ^= (unsigned char)(rng() % 255 + 1);
+            weft_val c;
+            memcpy(weft_val_alloc(&c, (uint32_t)len, WEFT_CODEC_TAG_BLOB), t, len);
+            int r = weft_codec_decode_named(B, &c, topB + 1, 0, err, sizeof err);
+            ok = ok && lua_gettop(B) == topB + 1 + (r == 0);
+            lua_settop(B, topB + 1);
+            weft_val_free(&c);
+        }
+        free(t);
+        weft_codec_val_free(&v);
+        lua_settop(B, topB);
+        lua_gc(B, LUA_GCCOLLECT, 0);
+        result(ok && decoded == 0, "by-name blobs: truncated ones fail, corrupted ones decode or fail cleanly",
+               "%d prefixes decoded; %s", decoded, err);
+    }
+}
+
+/* ---- packed values (bindings/transfer.c) ---------------------------------- */
+
+static void test_transfer(void) {
+    lua_newtable(A);
+    weft_transfer_register(A);
+    lua_setglobal(A, "tcore");
+    lua_newtable(B);
+    weft_transfer_register(B);
+    lua_setglobal(B, "tcore");
+    {
+        /* packed in A, moved out in C, pushed into B and unpacked there: how
+         * spawn moves a function into another VM */
+        char msg[512] = "";
+        int topA = lua_gettop(A), topB = lua_gettop(B), ok = 0;
+        weft_val v, none;
+        memset(&v, 0, sizeof v);
+        if (build_n(A,
+                    "local t = {1, 2}\n"
+                    "return tcore.pack({[string.format] = 'string.format'},\n"
+                    "  {fmt = string.format, g = function() return gv, t end, t = t})",
+                    "@a.lua", 1, msg, sizeof msg))
+            goto out;
+        if (weft_transfer_take(A, -1, &v) != 0 || v.tag != WEFT_CODEC_TAG_BLOB) {
+            setmsg(msg, sizeof msg, "take failed");
+            goto out;
+        }
+        if (weft_transfer_take(A, -1, &none) != -1 || none.tag || none.len ||
+            weft_transfer_take(A, LUA_GLOBALSINDEX, &none) != -1) {
+            setmsg(msg, sizeof msg, "took a value twice, or from a table");
+            goto out;
+        }
+        if (!check_n(A,
+                     "local p = ... local ok, err = pcall(tcore.unpack, p)\n"
+                     "return not ok and err == 'packed value already unpacked'",
+                     1, msg, sizeof msg))
+            goto out;
+        weft_transfer_push(B, &v);
+        if (v.tag || v.len || v.u.p) {
+            setmsg(msg, sizeof msg, "push left the value with the caller");
+            goto out;
+        }
+        ok = check_n(B,
+                     "local p = ... local env = {gv = 'env'}\n"
+                     "local x = tcore.unpack(p, function(path) return string[path:match('%.(.*)')] end, env)\n"
+                     "local gv, t = x.g()\n"
+                     "return rawequal(x.fmt, string.format) and gv == 'env' and getfenv(x.g) == env and t == x.t\n"
+                     "  and t[2] == 2 and tostring(p):find('consumed') ~= nil",
+                     1, msg, sizeof msg);
+    out:
+        weft_codec_val_free(&v);
+        lua_settop(A, topA);
+        lua_settop(B, topB);
+        result(ok, "a packed value moves from one state to another (take, push, unpack)", "%s", msg);
+    }
+    {
+        char msg[512] = "";
+        int top = lua_gettop(A);
+        lua_gc(A, LUA_GCCOLLECT, 0);
+        lua_gc(B, LUA_GCCOLLECT, 0);
+        long r0 = n_retain, rel0 = n_release;
+        int ok = check_n(A,
+                         "local p, err = tcore.pack(nil, {co = coroutine.create(print)})\n"
+                         "if p ~= nil or err ~= \"cannot copy thread at field 'co'\" then return 'nil ' .. err end\n"
+                         "p, err = tcore.pack({[print] = 'print'}, {print, newproxy()}, {'', 'argument 1'})\n"
+                         "if p ~= nil or err ~= 'cannot copy argument 1 (userdata)' then return 'labels ' .. err end\n"
+                         "local funcs, f = {}, function() end\n"
+                         "p = tcore.pack({[print] = 'print'}, {f, print}, nil, funcs)\n"
+                         "if #funcs ~= 1 or funcs[1] ~= f then return 'funcs' end\n"
+                         "tcore.pack_free(p) tcore.pack_free(p)\n"
+                         "p = tcore.pack(nil, {mkfake(1), mkfake(2)}) -- dropped: __gc frees it\n"
+                         "return true",
+                         0, msg, sizeof msg);
+        lua_settop(A, top);
+        lua_gc(A, LUA_GCCOLLECT, 0);
+        if (ok && n_retain - r0 != n_release - rel0) {
+            ok = 0;
+            setmsg(msg, sizeof msg, "%ld retains, %ld releases", n_retain - r0, n_release - rel0);
+        }
+        result(ok, "pack returns nil and the message; labels, funcs, pack_free, __gc", "%s", msg);
+    }
+}
+
 /* ---- on a small stack ------------------------------------------------------ */
 
 /* The deepest encodes and decodes (and the deepest error message) on a
@@ -935,6 +1363,8 @@ int main(void) {
     test_handles();
     test_refusals();
     test_corrupt();
+    test_named();
+    test_transfer();
     test_small_stack();
     test_big();
     lua_close(A);
