@@ -1414,7 +1414,7 @@ static void enc_cleanup(enc *e, int ok) {
         free(e->b);
         memset(e->out, 0, sizeof *e->out);
     } else if (e->b) {
-        if (e->cap - e->n > 32) { /* give back the slack; usually in place */
+        if (e->cap > 256 && e->cap - e->n > e->cap / 4) { /* give back big slack; usually in place */
             unsigned char *nb = realloc(e->b, e->n);
             if (nb)
                 e->b = nb;
@@ -1443,6 +1443,31 @@ static int abs_index(lua_State *L, int idx) {
 
 int weft_codec_encode(lua_State *L, int idx, weft_val *out, char *err, size_t errlen) {
     return weft_codec_encode_named(L, idx, NULL, out, err, errlen);
+}
+
+/* Each thread keeps one encoder state for its next encode (an encode that
+ * runs while another is under way on the same thread, e.g. from a
+ * finalizer, gets one of its own); freed when the thread ends. */
+static pthread_key_t g_enc_key;
+static pthread_once_t g_enc_once = PTHREAD_ONCE_INIT;
+
+static void enc_key_init(void) {
+    if (pthread_key_create(&g_enc_key, free) != 0)
+        abort();
+}
+
+static enc *enc_take(void) {
+    pthread_once(&g_enc_once, enc_key_init);
+    enc *e = pthread_getspecific(g_enc_key);
+    if (!e)
+        return malloc(sizeof *e);
+    pthread_setspecific(g_enc_key, NULL);
+    return e;
+}
+
+static void enc_give(enc *e) {
+    if (pthread_getspecific(g_enc_key) || pthread_setspecific(g_enc_key, e) != 0)
+        free(e);
 }
 
 int weft_codec_encode_named(lua_State *L, int idx, const weft_codec_opts *opts, weft_val *out, char *err,
@@ -1489,7 +1514,7 @@ int weft_codec_encode_named(lua_State *L, int idx, const weft_codec_opts *opts, 
         set_err(err, errlen, "cannot copy value: Lua stack overflow");
         return -1;
     }
-    enc *e = malloc(sizeof *e); /* ~6 KiB: keep it off small goroutine stacks */
+    enc *e = enc_take(); /* ~6 KiB: off small goroutine stacks, reused */
     if (!e) {
         set_err(err, errlen, "cannot copy value: out of memory");
         return -1;
@@ -1514,7 +1539,7 @@ int weft_codec_encode_named(lua_State *L, int idx, const weft_codec_opts *opts, 
         lua_pop(L, 1);
     }
     enc_cleanup(e, ok);
-    free(e);
+    enc_give(e);
     return ok ? 0 : -1;
 }
 
@@ -2035,6 +2060,31 @@ static int dec_protected(lua_State *L) {
     return 1;
 }
 
+/* A WEFT_CODEC_TAG_PLAIN value: require("string.buffer").decode(bytes). */
+static int dec_plain(lua_State *L, const weft_val *v, char *err, size_t errlen) {
+    const void *p = weft_val_data(v);
+    if ((!(v->flags & WEFT_VAL_HEAP) && v->len > sizeof v->u) || !p) {
+        set_err(err, errlen, "cannot decode value: bad plain data");
+        return -1;
+    }
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "string.buffer");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "decode");
+        lua_pushlstring(L, p, v->len);
+        if (lua_pcall(L, 1, 1, 0) == 0) {
+            lua_replace(L, top + 1);
+            lua_settop(L, top + 1);
+            return 0;
+        }
+    }
+    const char *msg = lua_tostring(L, -1);
+    set_err(err, errlen, "cannot decode value: %s", msg ? msg : "plain data");
+    lua_settop(L, top);
+    return -1;
+}
+
 int weft_codec_decode(lua_State *L, const weft_val *v, char *err, size_t errlen) {
     return weft_codec_decode_named(L, v, 0, 0, err, errlen);
 }
@@ -2071,6 +2121,8 @@ int weft_codec_decode_named(lua_State *L, const weft_val *v, int resolver, int e
     case WEFT_TAG_PTR:
         lua_pushlightuserdata(L, v->u.p);
         return 0;
+    case WEFT_CODEC_TAG_PLAIN:
+        return dec_plain(L, v, err, errlen);
     case WEFT_TAG_INT64:
     case WEFT_TAG_UINT64:
     case WEFT_CODEC_TAG_BLOB:

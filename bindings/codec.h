@@ -152,7 +152,13 @@ extern "C" {
 
 /* Tags of codec values (WEFT_TAG_USER and up belong to codecs). */
 enum {
-    WEFT_CODEC_TAG_BLOB = WEFT_TAG_USER /* 16: an encoded value, layout above */
+    WEFT_CODEC_TAG_BLOB = WEFT_TAG_USER, /* 16: an encoded value, layout above */
+    /* 17: plain data (tables of booleans, numbers, strings and such tables,
+     * with no metatable and no table reached twice) in LuaJIT's string.buffer
+     * serialization format. lua/weft/init.lua writes and reads these itself
+     * (LuaJIT serializes inside the VM, many times faster than walking
+     * tables through the C API); weft_codec_decode reads them too. */
+    WEFT_CODEC_TAG_PLAIN
 };
 
 enum {

@@ -50,7 +50,8 @@ int weft_lua_recv_finish(weft_val *out);
 int weft_lua_select(const weft_case *cs, int n, int nonblock, weft_case *res);
 int weft_lua_select_finish(weft_case *res);
 void weft_lua_drop(void);
-int weft_lua_val_string(weft_val *v, const char *s, size_t len);
+int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag);
+void weft_lua_free(void *p);
 void weft_lua_val_free(weft_val *v);
 
 static void op_block(hostg *h, int op, weft_chan *c) {
@@ -191,15 +192,23 @@ void weft_lua_drop(void) {
     }
 }
 
-/* A string's bytes as a value (WEFT_TAG_RAW). -1 if out of memory. */
-int weft_lua_val_string(weft_val *v, const char *s, size_t len) {
-    void *dst = len <= UINT32_MAX ? weft_val_alloc(v, (uint32_t)len, WEFT_TAG_RAW) : NULL;
+/* len bytes at p as a value with the given tag (WEFT_TAG_RAW for a string's
+ * bytes, WEFT_CODEC_TAG_PLAIN for serialized plain data). -1 if out of
+ * memory. */
+int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag) {
+    void *dst = len <= UINT32_MAX ? weft_val_alloc(v, (uint32_t)len, (uint16_t)tag) : NULL;
     if (!dst) {
         v->len = 0, v->flags = 0, v->tag = WEFT_TAG_RAW;
         return -1;
     }
-    memcpy(dst, s, len);
+    memcpy(dst, p, len);
     return 0;
+}
+
+/* Frees a value's heap buffer once Lua has read it (the value itself may
+ * have been reused meanwhile). */
+void weft_lua_free(void *p) {
+    free(p);
 }
 
 void weft_lua_val_free(weft_val *v) {

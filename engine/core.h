@@ -138,6 +138,7 @@ struct weft_proc {
     weft_ctx g0;     /* the scheduler context (the thread's own stack) */
     weft_g *curg;    /* owner only */
     atomic_int running; /* running a goroutine now (read by thieves) */
+    atomic_int nhosted; /* live hosted goroutines bound here (placement) */
 
     /* Local run queue (runq.c): the owner puts at the tail, anyone takes at
      * the head (owner gets, thieves steal half). */

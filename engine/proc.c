@@ -7,8 +7,9 @@
  * a native goroutine's stack to run it; the goroutine switches back to g0 to
  * park, yield or exit. Hosted goroutines (Lua coroutines, bindings/) are run
  * by a host hook from g0 and are bound to one P: the creator's, or, for a
- * portable one (an isolate not yet started), the P that first runs it; until
- * then it sits in run queues like a native goroutine and may be stolen.
+ * portable one (an isolate not yet started), the P with the fewest hosted
+ * goroutines when it is first taken to run (least_hosted); until then it
+ * sits in run queues like a native goroutine and may be stolen.
  *
  * Goroutine states (g->state):
  *   IDLE -> RUNNABLE (created) -> RUNNING (execute) -> WAITING (parked)
@@ -450,6 +451,8 @@ static void after_switch(weft_proc *p, weft_g *g) {
     case WEFT_PARK_EXIT:
         if (g == weft_S.main_g)
             engine_begin_stop();
+        if (!native)
+            atomic_fetch_sub_explicit(&g->bound->nhosted, 1, memory_order_relaxed);
         atomic_store_explicit(&g->state, WEFT_G_DEAD, memory_order_relaxed);
         atomic_fetch_sub_explicit(&weft_S.ngoroutines, 1, memory_order_relaxed);
         g->host = NULL;
@@ -458,11 +461,39 @@ static void after_switch(weft_proc *p, weft_g *g) {
     }
 }
 
+/* Placement of a portable hosted goroutine (an isolate) as it starts: the
+ * processor with the fewest live hosted goroutines, this one on a tie. Once
+ * started it stays in that processor's VM, so spreading them at start is
+ * what lets N CPU-bound isolates use N processors, and a producer and its
+ * consumer run side by side. */
+static weft_proc *least_hosted(weft_proc *p) {
+    weft_proc *best = p;
+    int min = atomic_load_explicit(&p->nhosted, memory_order_relaxed);
+    for (int i = 0; i < weft_S.nprocs && min > 0; i++) {
+        weft_proc *v = weft_S.procs[i];
+        int n = atomic_load_explicit(&v->nhosted, memory_order_relaxed);
+        if (n < min)
+            best = v, min = n;
+    }
+    return best;
+}
+
+static void bind_hosted(weft_g *g, weft_proc *p) {
+    g->bound = p;
+    atomic_fetch_add_explicit(&p->nhosted, 1, memory_order_relaxed);
+}
+
 static void execute(weft_proc *p, weft_g *g) {
     if (p->spinning)
         reset_spinning(p);
-    if (g->kind == WEFT_G_HOSTED && !g->bound)
-        g->bound = p; /* a portable hosted goroutine stays where it starts */
+    if (g->kind == WEFT_G_HOSTED && !g->bound) {
+        weft_proc *to = least_hosted(p);
+        bind_hosted(g, to);
+        if (to != p) {
+            inbox_push(to, g); /* its own processor starts it */
+            return;
+        }
+    }
     p->curg = g;
     atomic_store_explicit(&p->running, 1, memory_order_relaxed);
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
@@ -840,7 +871,7 @@ static int run_main(const weft_config *cfg, const weft_host *host, void (*main_f
     weft_S.main_g = g;
     if (host) {
         g->host = arg;
-        g->bound = p0;
+        bind_hosted(g, p0);
         bound_push(p0, g, false);
     } else {
         weft_runq_put(p0, g, true);
@@ -951,7 +982,7 @@ int64_t weft_go_hosted(void *host) {
     if (!g)
         return WEFT_ENOMEM;
     g->host = host;
-    g->bound = home;
+    bind_hosted(g, home);
     int64_t id = g->id;
     weft_ready(g, false);
     return id;

@@ -170,6 +170,26 @@ describe("channels", function()
     assert.are.equal("default zzz", got.zzz)
   end)
 
+  it("copy plain tables of every shape, small and large, exactly", function()
+    local values = {
+      {}, { 1 }, { true, false }, { [1.5] = "x", [-3] = "y", [true] = 0 },
+      { a = { b = { c = { d = { e = { f = 1 } } } } } }, -- deeper than the plain path goes
+      { s = ("z"):rep(300), list = { 1, 2, 3, { 4 } } },
+      (function() local t = {} for i = 1, 12 do t[i] = { i } end return t end)(), -- many tables
+      { n = 0 / 0 ~= 0 / 0, big = 2 ^ 60, neg = -0.25 },
+      { id = 7, name = "item7", pos = { 3.5, 10.5, 17.5 }, ok = true },
+    }
+    local got = run(function()
+      local c = weft.chan(#values)
+      for _, v in ipairs(values) do c:send(v) end
+      local out = {}
+      for i = 1, #values do out[i] = c:recv() end
+      return out
+    end)
+    assert.are.same(values, got)
+    for i, v in ipairs(values) do assert.are_not.equal(v, got[i]) end
+  end)
+
   it("pass channels by reference and copy functions with their upvalues", function()
     local answer = run(function()
       local reply = weft.chan()
