@@ -86,18 +86,23 @@ static weft_g *current(lua_State *L, const char *what) {
     return g;
 }
 
+/* Returns the id of a goroutine just started with host data h, or raises
+ * (freeing h) when it could not be. */
+static int push_started(lua_State *L, hostg *h, int64_t id, const char *what) {
+    if (id < 0) {
+        weft_hostg_free(h);
+        return luaL_error(L, "weft.%s: cannot start a goroutine (%d)", what, (int)id);
+    }
+    lua_pushnumber(L, (lua_Number)id);
+    return 1;
+}
+
 /* core.go(fn, ...) -> id */
 static int l_go(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     current(L, "go");
     hostg *h = weft_hostg_new(L, 1, lua_gettop(L) - 1);
-    int64_t id = weft_go_hosted(h);
-    if (id < 0) {
-        weft_hostg_free(h);
-        return luaL_error(L, "weft.go: cannot start a goroutine (%d)", (int)id);
-    }
-    lua_pushnumber(L, (lua_Number)id);
-    return 1;
+    return push_started(L, h, weft_go_hosted(h), "go");
 }
 
 /* core.spawn(packed) -> id: an isolate whose VM's starter gets packed (the
@@ -112,13 +117,7 @@ static int l_spawn(lua_State *L) {
         weft_codec_val_free(&v);
         return luaL_error(L, "out of memory");
     }
-    int64_t id = weft_go_hosted_portable(h);
-    if (id < 0) {
-        weft_hostg_free(h);
-        return luaL_error(L, "weft.spawn: cannot start a goroutine (%d)", (int)id);
-    }
-    lua_pushnumber(L, (lua_Number)id);
-    return 1;
+    return push_started(L, h, weft_go_hosted_portable(h), "spawn");
 }
 
 /* core.set_isolate_starter(fn): this VM's starter of isolates. */

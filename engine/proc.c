@@ -955,6 +955,18 @@ int weft_wait_idle(double timeout) {
 
 /* ---- goroutine API --------------------------------------------------------- */
 
+/* Queues a new goroutine that any processor may run (p: the current one, or
+ * NULL from a thread that is none) and wakes an idle processor; its id. */
+static int64_t queue_portable(weft_proc *p, weft_g *g, bool next) {
+    int64_t id = g->id;
+    if (p)
+        weft_runq_put(p, g, next);
+    else
+        weft_globrunq_put(g);
+    weft_wakep();
+    return id;
+}
+
 int64_t weft_go(void (*fn)(void *), void *arg) {
     if (!fn)
         return WEFT_EINVAL;
@@ -964,13 +976,7 @@ int64_t weft_go(void (*fn)(void *), void *arg) {
     weft_g *g = g_new(p, WEFT_G_NATIVE, fn, arg);
     if (!g)
         return WEFT_ENOMEM;
-    int64_t id = g->id;
-    if (p)
-        weft_runq_put(p, g, true);
-    else
-        weft_globrunq_put(g);
-    weft_wakep();
-    return id;
+    return queue_portable(p, g, true);
 }
 
 int64_t weft_go_hosted(void *host) {
@@ -997,13 +1003,7 @@ int64_t weft_go_hosted_portable(void *host) {
         return WEFT_ENOMEM;
     g->host = host;
     g->bound = NULL;
-    int64_t id = g->id;
-    if (p)
-        weft_runq_put(p, g, false);
-    else
-        weft_globrunq_put(g);
-    weft_wakep();
-    return id;
+    return queue_portable(p, g, false);
 }
 
 int weft_sleep_start(int64_t ns) {

@@ -90,13 +90,10 @@ end
 
 -- Parks the goroutine until the operation it recorded (bindings/fast.c) is
 -- done: yields OP to the scheduler, which starts it. Where Lua cannot yield
--- the yield fails at once (or a coroutine wrapper below answers CANNOT):
--- the operation is dropped and "cannot block here" raised. level: as for
--- cannot_block.
+-- (or a coroutine wrapper below answers CANNOT), the operation is dropped
+-- and "cannot block here" raised. level: as for cannot_block.
 local function block(level)
-  local ok, back = co_isyieldable(), nil
-  if ok then back = co_yield(OP) end
-  if not ok or back == CANNOT then
+  if not co_isyieldable() or co_yield(OP) == CANNOT then
     C.weft_lua_drop()
     cannot_block(level + 1)
   end
@@ -307,37 +304,37 @@ function weft.chan(capacity)
   return core.chan(capacity or 0)
 end
 
-local function send_slow(ch, rc)
-  if rc == BLOCK then
-    block(3)
-    rc = C.weft_lua_send_finish()
-    if rc == DONE then return end
-  end
-  if rc == CLOSED then error("send on closed channel", 0) end
-  not_in_goroutine("send", 3)
+-- The blocking paths below yield in line, not through block(): a JIT trace
+-- through an extra frame or two would need a bigger Lua stack, and every
+-- blocked goroutine would keep it (twice the memory per goroutine).
+
+local function blocked_fail()
+  C.weft_lua_drop()
+  cannot_block(3)
 end
 
 function Chan:send(v)
   put(v)
   local rc = C.weft_lua_send(self, SV)
-  if rc ~= DONE then send_slow(self, rc) end -- not a tail call: error levels
-end
-
-local function recv_slow(ch, rc)
+  if rc == DONE then return end
   if rc == BLOCK then
-    block(3)
-    rc = C.weft_lua_recv_finish(RV)
-    if rc == DONE then return take(), true end
+    if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
+    rc = C.weft_lua_send_finish()
+    if rc == DONE then return end
   end
-  if rc == CLOSED then return nil, false end
-  not_in_goroutine("recv", 3)
+  if rc == CLOSED then error("send on closed channel", 0) end
+  not_in_goroutine("send", 2)
 end
 
 function Chan:recv()
   local rc = C.weft_lua_recv(self, RV)
+  if rc == BLOCK then
+    if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
+    rc = C.weft_lua_recv_finish(RV)
+  end
   if rc == DONE then return take(), true end
-  local v, ok = recv_slow(self, rc) -- not a tail call: error levels
-  return v, ok
+  if rc == CLOSED then return nil, false end
+  not_in_goroutine("recv", 2)
 end
 
 function Chan:close() core.close(self) end
@@ -346,8 +343,13 @@ function Chan:cap() return core.cap(self) end
 
 local function range_next(ch)
   local rc = C.weft_lua_recv(ch, RV)
+  if rc == BLOCK then
+    if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
+    rc = C.weft_lua_recv_finish(RV)
+  end
   if rc == DONE then return take() end
-  return (recv_slow(ch, rc))
+  if rc == CLOSED then return nil end
+  not_in_goroutine("recv", 2)
 end
 function Chan:range()
   return range_next, self
