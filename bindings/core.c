@@ -105,14 +105,16 @@ static int l_go(lua_State *L) {
     return push_started(L, h, weft_go_hosted(h), "go");
 }
 
-/* core.spawn(packed) -> id: an isolate whose VM's starter gets packed (the
- * function and its arguments, packed by lua/weft/transfer.lua), moved. */
+/* core.spawn(packed, path, cpath) -> id: an isolate whose VM's starter gets
+ * packed (the function and its arguments, packed by lua/weft/transfer.lua,
+ * moved) and the spawner's package.path and package.cpath. */
 static int l_spawn(lua_State *L) {
     current(L, "spawn");
+    const char *path = luaL_optstring(L, 2, NULL), *cpath = luaL_optstring(L, 3, NULL);
     weft_val v;
     if (weft_transfer_take(L, 1, &v) != 0)
         return luaL_argerror(L, 1, "packed value expected");
-    hostg *h = weft_hostg_isolate(v);
+    hostg *h = weft_hostg_isolate(v, path, cpath);
     if (!h) {
         weft_codec_val_free(&v);
         return luaL_error(L, "out of memory");

@@ -73,12 +73,20 @@ static void hostg_drop_cases(hostg *h, int keep) {
     h->ncases = 0;
 }
 
+static void hostg_free_paths(hostg *h) {
+    for (int i = 0; i < 2; i++) {
+        free(h->paths[i]);
+        h->paths[i] = NULL;
+    }
+}
+
 void weft_hostg_free(hostg *h) {
     lua_State *L = h->co && h->vm >= 0 ? R.vms[h->vm].L : NULL;
     if (L)
         luaL_unref(L, LUA_REGISTRYINDEX, h->ref);
     hostg_drop_cases(h, -1);
     weft_codec_val_free(&h->payload);
+    hostg_free_paths(h);
     free(h->cases);
     free(h->name);
     free(h);
@@ -146,14 +154,21 @@ hostg *weft_hostg_new(lua_State *L, int fidx, int nargs) {
     return h;
 }
 
-hostg *weft_hostg_isolate(weft_val payload) {
+hostg *weft_hostg_isolate(weft_val payload, const char *path, const char *cpath) {
     hostg *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
     h->vm = -1;
+    h->paths[0] = path ? strdup(path) : NULL;
+    h->paths[1] = cpath ? strdup(cpath) : NULL;
+    if ((path && !h->paths[0]) || (cpath && !h->paths[1])) {
+        weft_hostg_free(h);
+        return NULL;
+    }
     h->payload = payload;
     return h;
 }
+
 
 bool weft_hostg_reserve_cases(hostg *h, int n) {
     if (n <= h->capcases)
@@ -226,7 +241,14 @@ static bool isolate_start(weft_proc *p, weft_g *g, hostg *h) {
         return false;
     }
     weft_transfer_push(co, &h->payload);
-    h->nargs = 1;
+    for (int i = 0; i < 2; i++) {
+        if (h->paths[i])
+            lua_pushstring(co, h->paths[i]);
+        else
+            lua_pushnil(co);
+    }
+    hostg_free_paths(h);
+    h->nargs = 3;
     return true;
 }
 

@@ -22,6 +22,7 @@ typedef struct hostg {
     lua_State *co; /* NULL: an isolate not started yet */
     int vm;        /* the processor whose VM co belongs to (-1: none yet) */
     weft_val payload; /* an isolate's function and arguments, encoded */
+    char *paths[2];   /* ... and its spawner's package.path, package.cpath */
     int ref;   /* anchors co in the registry */
     int nargs; /* values to pass to the next resume */
     bool main;
@@ -62,7 +63,7 @@ extern const weft_host weft_lua_host;
 extern char weft_host_op_marker, weft_host_yield_marker, weft_host_cannot_marker;
 
 /* The registry field where init.lua puts each VM's isolate starter:
- * starter(decoded payload) runs the isolate. */
+ * starter(packed payload, package.path, package.cpath) runs the isolate. */
 #define WEFT_ISOLATE_STARTER "weft.isolate_start"
 
 /* weft.run: begin (L: the calling thread, processor 0's VM), then
@@ -76,8 +77,10 @@ bool weft_host_running(void);
 /* A goroutine running the function at fidx of L with the nargs values after
  * it, in L's VM (the current processor's); raises if out of memory. */
 hostg *weft_hostg_new(lua_State *L, int fidx, int nargs);
-/* An isolate not started yet, owning payload; NULL if out of memory. */
-hostg *weft_hostg_isolate(weft_val payload);
+/* An isolate not started yet, owning payload, to be started with the
+ * spawner's package.path and package.cpath (copied; either may be NULL);
+ * NULL if out of memory. */
+hostg *weft_hostg_isolate(weft_val payload, const char *path, const char *cpath);
 void weft_hostg_free(hostg *h);
 
 /* ---- fast.c ---- */

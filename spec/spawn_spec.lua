@@ -142,6 +142,29 @@ describe("weft.spawn", function()
     assert.are.same({ "1:10:2", "2:21:2", "3:32:2", "4:42:2" }, got)
   end)
 
+  it("finds modules through the spawner's package.path, set after the engine started", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir) == 0 or true)
+    local f = assert(io.open(dir .. "/spawn_spec_mod.lua", "w"))
+    f:write("return { twice = function(x) return 2 * x end }")
+    f:close()
+    local saved = package.path
+    local got = run(function()
+      package.path = dir .. "/?.lua;" .. package.path
+      local m = require "spawn_spec_mod"
+      local out = weft.chan(4)
+      for i = 1, 4 do weft.spawn(function(k) out:send(m.twice(k)) end, i) end
+      local sum = 0
+      for _ = 1, 4 do sum = sum + out:recv() end
+      return sum
+    end)
+    package.path, package.loaded.spawn_spec_mod = saved, nil
+    os.remove(dir .. "/spawn_spec_mod.lua")
+    os.remove(dir)
+    assert.are.equal(20, got)
+  end)
+
   it("rebinds _G to the isolate's environment", function()
     local leaked, got = run(function()
       local G = _G

@@ -142,10 +142,15 @@ function weft.spawn(fn, ...)
     error("weft.spawn: fn must be a function, got " .. type(fn), 2)
   end
   local packed = transfer.pack(fn, ...) -- raises at our caller's level
-  return core.spawn(packed)
+  return core.spawn(packed, package.path, package.cpath)
 end
 
-local function start_isolate(packed)
+-- Runs in the VM where the isolate starts: the spawner's module paths
+-- first, so that modules sent by name (and those the isolate requires) are
+-- found as they were where it was spawned.
+local function start_isolate(packed, path, cpath)
+  if path then package.path = path end
+  if cpath then package.cpath = cpath end
   local env = setmetatable({}, { __index = _G })
   return (function(fn, ...) return fn(...) end)(transfer.unpack(packed, env))
 end
