@@ -98,4 +98,10 @@ bool weft_hostg_reserve_cases(hostg *h, int n);
  * res may be NULL when i is -1). */
 void weft_hostg_select_done(hostg *h, int i, weft_case *res);
 
+/* ---- context.c ---- */
+
+/* Adds the context functions (ctx_*) and metatable to the table on top of
+ * L's stack (the weft_core module) and registers contexts with the codec. */
+void weft_context_register(lua_State *L);
+
 #endif

@@ -546,4 +546,17 @@ function coroutine.wrap(fn)
   end
 end
 
+-- ---- submodules loaded on first use (weft.context) ---------------------------------
+
+local lazy = { context = "weft.context" }
+setmetatable(weft, {
+  __index = function(t, k)
+    local name = lazy[k]
+    if not name then return nil end
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end,
+})
+
 return weft
