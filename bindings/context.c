@@ -295,10 +295,7 @@ static wctx *checkctx(lua_State *L, int idx) {
 }
 
 static int push_ctx(lua_State *L, void *obj) {
-    lctx *lc = lua_newuserdata(L, sizeof *lc);
-    lc->c = obj;
-    luaL_getmetatable(L, CTX_MT);
-    lua_setmetatable(L, -2);
+    weft_push_object(L, obj, CTX_MT);
     return 1;
 }
 
@@ -465,10 +462,7 @@ static int l_done(lua_State *L) {
     weft_mutex_unlock(&c->mu);
     if (!ch)
         return luaL_error(L, "out of memory");
-    lchan *lc = lua_newuserdata(L, sizeof *lc);
-    lc->c = ch;
-    luaL_getmetatable(L, CHAN_MT);
-    lua_setmetatable(L, -2);
+    weft_push_object(L, ch, CHAN_MT);
     return 1;
 }
 

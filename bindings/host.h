@@ -16,6 +16,15 @@ typedef struct lchan {
     weft_chan *c;
 } lchan;
 
+/* Pushes a new full userdata holding the engine object obj (whose reference
+ * it takes over) with the metatable registered as tname. */
+static inline void weft_push_object(lua_State *L, void *obj, const char *tname) {
+    void **payload = lua_newuserdata(L, sizeof *payload);
+    *payload = obj;
+    lua_getfield(L, LUA_REGISTRYINDEX, tname);
+    lua_setmetatable(L, -2);
+}
+
 /* A Lua goroutine: a coroutine of its processor's VM. Finished goroutines'
  * hostgs, coroutine included, are kept for reuse (core.c). */
 typedef struct hostg {

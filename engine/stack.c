@@ -4,10 +4,15 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "sanitizer.h"
 #include "stack.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
+
+#ifdef WEFT_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 static size_t page_size(void) {
     long v = sysconf(_SC_PAGESIZE);
@@ -45,8 +50,16 @@ int weft_stack_alloc(weft_stack *s, size_t size) {
 }
 
 void weft_stack_free(weft_stack *s) {
-    if (s->base)
+    if (s->base) {
+#ifdef WEFT_ASAN
+        /* Frames left poisoned on this stack (use-after-scope redzones of a
+         * goroutine that finished) would outlive the mapping, and the next
+         * mmap that reuses these addresses (a LuaJIT arena, say) would trip
+         * over them. */
+        __asan_unpoison_memory_region(s->lo, s->size);
+#endif
         munmap(s->base, s->size + page_size());
+    }
     s->base = s->lo = NULL;
     s->size = 0;
 }

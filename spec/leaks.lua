@@ -18,4 +18,24 @@ weft.run(function()
   weft.go(function() c:send(long) end)
   c:recv()
 end)
+-- Contexts: cancelled, timed out, dropped uncancelled, with values and
+-- causes, passed to isolates; none may outlive its last reference.
+local context = require "weft.context"
+weft.run({ procs = 2 }, function()
+  local root, cancel_root = context.with_cancel(context.background())
+  local done = weft.chan()
+  for i = 1, 100 do
+    local c, cancel = context.with_timeout(context.with_value(root, "k", { i, ("x"):rep(50) }), 60)
+    local _ = c:done(), c:value("k")
+    if i % 2 == 0 then cancel({ why = ("y"):rep(50) }) end
+  end
+  weft.spawn(function() context.with_cancel(root):done():recv(); done:send(context.cause(root)) end)
+  local t = context.with_timeout(root, 0.001)
+  t:done():recv()
+  cancel_root(("z"):rep(100))
+  done:recv()
+end)
+collectgarbage()
+collectgarbage()
+assert(context.live() == 0, "contexts left: " .. context.live())
 os.exit(0, true)

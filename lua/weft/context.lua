@@ -39,9 +39,10 @@ local type, getmetatable, error = type, getmetatable, error
 
 local BACKGROUND = core.ctx_background()
 
-local function check_parent(parent, what)
+-- level: of the caller of the API function, as error() counts.
+local function check_parent(parent, what, level)
   if getmetatable(parent) ~= ctx_mt then
-    error("weft.context." .. what .. ": parent must be a context, got " .. type(parent), 3)
+    error("weft.context." .. what .. ": parent must be a context, got " .. type(parent), level + 1)
   end
 end
 
@@ -53,31 +54,33 @@ function context.background() return BACKGROUND end
 context.todo = context.background
 
 function context.with_cancel(parent)
-  check_parent(parent, "with_cancel")
+  check_parent(parent, "with_cancel", 2)
   local ctx = new_cancel(parent)
   return ctx, canceller(ctx)
 end
 
-function context.with_deadline(parent, t)
-  check_parent(parent, "with_deadline")
-  if type(t) ~= "number" then
-    error("weft.context.with_deadline: t must be a number, got " .. type(t), 2)
+-- with_deadline and with_timeout (which tail-call it: errors are raised
+-- at their caller's level): arg is t or seconds, named argname.
+local function deadline_child(what, parent, argname, arg, t)
+  check_parent(parent, what, 2)
+  if type(arg) ~= "number" then
+    error("weft.context." .. what .. ": " .. argname .. " must be a number, got " .. type(arg), 2)
   end
-  local ctx = new_deadline(parent, t)
+  local ctx = new_deadline(parent, t or arg)
   return ctx, canceller(ctx)
+end
+
+function context.with_deadline(parent, t)
+  return deadline_child("with_deadline", parent, "t", t)
 end
 
 function context.with_timeout(parent, seconds)
-  check_parent(parent, "with_timeout")
-  if type(seconds) ~= "number" then
-    error("weft.context.with_timeout: seconds must be a number, got " .. type(seconds), 2)
-  end
-  local ctx = new_deadline(parent, now() + seconds)
-  return ctx, canceller(ctx)
+  return deadline_child("with_timeout", parent, "seconds", seconds,
+    type(seconds) == "number" and now() + seconds or nil)
 end
 
 function context.with_value(parent, key, value)
-  check_parent(parent, "with_value")
+  check_parent(parent, "with_value", 2)
   if key == nil then error("weft.context.with_value: key must not be nil", 2) end
   return new_value(parent, key, value)
 end
