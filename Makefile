@@ -31,7 +31,7 @@ CTX_ASM := engine/ctx_x86_64.S
 endif
 
 ENGINE_SRC := engine/lock.c engine/stack.c engine/ctx.c engine/runq.c engine/proc.c \
-              engine/chan.c engine/select.c engine/timer.c
+              engine/chan.c engine/select.c engine/timer.c engine/sema.c engine/atomic.c
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/ctx_asm.o
 ENGINE_HDR := $(wildcard engine/*.h)
 
