@@ -39,7 +39,7 @@ ENGINE_HDR := $(wildcard engine/*.h)
 # and the same objects linked into the weft binary.
 LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
-BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/codec.c bindings/transfer.c
+BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/sync.c bindings/codec.c bindings/transfer.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 

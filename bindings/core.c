@@ -461,5 +461,6 @@ int luaopen_weft_core(lua_State *L) {
     lua_pushstring(L, WEFT_VERSION);
     lua_setfield(L, -2, "version");
     weft_transfer_register(L);
+    weft_sync_register(L);
     return 1;
 }
