@@ -462,5 +462,6 @@ int luaopen_weft_core(lua_State *L) {
     lua_setfield(L, -2, "version");
     weft_transfer_register(L);
     weft_context_register(L);
+    weft_sync_register(L);
     return 1;
 }

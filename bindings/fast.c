@@ -134,6 +134,11 @@ int weft_hostg_start(hostg *h) {
         if (rc != WEFT_PENDING)
             h->oprc = rc;
         break;
+    case WEFT_HOSTOP_SEMA: /* sync.c: acquire cannot fail once recorded */
+        rc = weft_sema_acquire_start(h->sema.s, h->sema.k, h->sema.reason);
+        if (rc != WEFT_PENDING)
+            h->oprc = WL_DONE;
+        break;
     case WEFT_HOSTOP_SLEEP: /* no finish: done here */
         rc = weft_sleep_start(h->sleepns);
         h->op = WEFT_HOSTOP_NONE;

@@ -43,6 +43,11 @@ typedef struct hostg {
     int64_t sleepns;
     weft_val held;    /* a send's value, or an early receive's */
     weft_case *cases; /* a select in progress */
+    struct {          /* a semaphore acquire (sync.c) */
+        weft_sema *s;
+        int64_t k;
+        const char *reason;
+    } sema;
     int ncases, capcases;
     struct hostg *next; /* free list */
 } hostg;
@@ -52,7 +57,8 @@ enum {
     WEFT_HOSTOP_SEND,
     WEFT_HOSTOP_RECV,
     WEFT_HOSTOP_SELECT,
-    WEFT_HOSTOP_SLEEP
+    WEFT_HOSTOP_SLEEP,
+    WEFT_HOSTOP_SEMA
 };
 
 /* The calling goroutine's hostg, NULL outside a Lua goroutine. */
@@ -112,5 +118,12 @@ void weft_hostg_select_done(hostg *h, int i, weft_case *res);
 /* Adds the context functions (ctx_*) and metatable to the table on top of
  * L's stack (the weft_core module) and registers contexts with the codec. */
 void weft_context_register(lua_State *L);
+
+/* ---- sync.c ---- */
+
+/* Registers the sync objects' and atomics' metatables and codec handle
+ * types in L, and puts their functions and metatables in the table on top
+ * of L's stack (the weft_core module). */
+void weft_sync_register(lua_State *L);
 
 #endif

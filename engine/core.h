@@ -53,6 +53,7 @@ enum weft_parkop { WEFT_PARK_WAIT, WEFT_PARK_YIELD, WEFT_PARK_EXIT };
 struct weft_waiter {
     weft_g *g;
     weft_chan *c;
+    weft_sema *sema;          /* or the semaphore it waits on (sema.c; val.u.i: units) */
     weft_waiter *next, *prev; /* channel queue links (c->lock) */
     weft_val val;             /* send: the value offered; recv: the value received */
     int case_index;           /* select: the case it stands for */
@@ -232,6 +233,9 @@ int weft_chan_recv_finish(weft_val *out);              /* 1, 0 */
 int weft_select_start(weft_case *cases, int n, int nonblock); /* index, -1, PENDING */
 int weft_select_finish(weft_case *cases, int n);              /* index */
 int weft_sleep_start(int64_t ns); /* PENDING, or OK when ns <= 0 (the host yields) */
+/* OK (taken at once), PENDING (parked with wait reason `reason`), EINVAL. */
+int weft_sema_acquire_start(weft_sema *s, int64_t k, const char *reason);
+int weft_sema_acquire_finish(void); /* OK: the units are the goroutine's */
 
 /* ---- the scheduler ------------------------------------------------------- */
 
@@ -293,6 +297,9 @@ weft_waiter *weft_waitq_dequeue_for(weft_chan *c, int dir);
 void weft_chan_lock(weft_chan *c);
 void weft_chan_unlock(weft_chan *c);
 void weft_chan_set_timer(weft_chan *c, struct weft_timer *t);
+
+/* sema.c */
+void weft_sema_withdraw(weft_waiter *w); /* teardown: unlink if still queued */
 
 /* timer.c */
 void weft_timers_run(weft_proc *p, int64_t now);

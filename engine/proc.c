@@ -803,8 +803,12 @@ static void engine_teardown(void) {
         weft_g *g = weft_S.allgs[i];
         int st = atomic_load(&g->state);
         bool alive = st != WEFT_G_IDLE && st != WEFT_G_DEAD;
-        for (int k = 0; alive && k < g->nwaiting; k++)
-            weft_waiter_withdraw(&g->waiting[k]);
+        for (int k = 0; alive && k < g->nwaiting; k++) {
+            if (g->waiting[k].sema)
+                weft_sema_withdraw(&g->waiting[k]);
+            else
+                weft_waiter_withdraw(&g->waiting[k]);
+        }
         if (alive && g->kind == WEFT_G_HOSTED && g->host && weft_S.host.discard)
             weft_S.host.discard(g);
         weft_ctx_destroy(&g->ctx);

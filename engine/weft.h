@@ -276,6 +276,49 @@ void weft_timer_free(weft_timer *t);
  * freed when it fires, or when the channel's last reference is released. */
 weft_chan *weft_after(double seconds);
 
+/* ---- semaphores ------------------------------------------------------------
+ * Counting semaphores (sema.c): acquire(k) blocks until k units are
+ * available, strictly FIFO (a waiter asking many units is not overtaken by
+ * later, smaller requests); release(k) hands units to the waiters in order.
+ * Reference counted like channels; any thread may release or tryacquire. */
+
+typedef struct weft_sema weft_sema;
+
+/* A semaphore holding `count` units (>= 0), no limit; one reference. */
+weft_sema *weft_sema_new(int64_t count);
+/* The same with at most `limit` units: releasing beyond it fails. */
+weft_sema *weft_sema_new_limit(int64_t count, int64_t limit);
+weft_sema *weft_sema_retain(weft_sema *s);
+/* Drops a reference (the last frees it). */
+void weft_sema_release_ref(weft_sema *s);
+/* Blocks until k units are taken: WEFT_OK; WEFT_EINVAL if k < 0 or k is
+ * beyond the limit; WEFT_ENOTG outside a native goroutine. */
+int weft_sema_acquire(weft_sema *s, int64_t k);
+/* Takes k units if that needs no wait (and nobody waits): WEFT_OK, else
+ * WEFT_EAGAIN (WEFT_EINVAL on bad k). */
+int weft_sema_tryacquire(weft_sema *s, int64_t k);
+/* Adds k units and wakes the waiters they serve. WEFT_EINVAL if k < 0 or
+ * the count would exceed the limit (nothing is added then). */
+int weft_sema_release(weft_sema *s, int64_t k);
+int64_t weft_sema_count(weft_sema *s); /* units available now (a snapshot) */
+int64_t weft_sema_limit(weft_sema *s);
+
+/* ---- atomics -------------------------------------------------------------------
+ * A shared int64 cell (atomic.c), sequentially consistent, lock-free;
+ * reference counted. add returns the new value, swap the old one, cas 1 if
+ * it stored v (the cell held old). */
+
+typedef struct weft_atomic weft_atomic;
+
+weft_atomic *weft_atomic_new(int64_t v);
+weft_atomic *weft_atomic_retain(weft_atomic *a);
+void weft_atomic_release(weft_atomic *a);
+int64_t weft_atomic_load(weft_atomic *a);
+void weft_atomic_store(weft_atomic *a, int64_t v);
+int64_t weft_atomic_add(weft_atomic *a, int64_t d);
+int64_t weft_atomic_swap(weft_atomic *a, int64_t v);
+int weft_atomic_cas(weft_atomic *a, int64_t old, int64_t v);
+
 /* ---- statistics ---------------------------------------------------------- */
 
 typedef struct weft_proc_stats {

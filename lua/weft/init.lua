@@ -45,6 +45,19 @@ void weft_lua_drop(void);
 int weft_lua_val_bytes(weft_lua_val *v, const void *p, size_t len, int tag);
 void weft_lua_free(void *p);
 void weft_lua_val_free(weft_lua_val *v);
+double weft_lua_sync_load(void *o, int i);
+void weft_lua_sync_store(void *o, int i, double v);
+double weft_lua_sync_add(void *o, int i, double d);
+int weft_lua_sync_cas(void *o, int i, double old, double v);
+int weft_lua_sema_acquire(void *o, int i, double k, int reason);
+int weft_lua_sema_finish(void);
+int weft_lua_sema_release(void *o, int i, double k);
+int weft_lua_sema_tryacquire(void *o, int i, double k);
+double weft_lua_atomic_load(void *a);
+void weft_lua_atomic_store(void *a, double v);
+double weft_lua_atomic_add(void *a, double d);
+double weft_lua_atomic_swap(void *a, double v);
+int weft_lua_atomic_cas(void *a, double old, double v);
 ]]
 local C, ffi_string = ffi.C, ffi.string
 local DONE, BLOCK, CLOSED = 0, 2, 3
@@ -318,6 +331,13 @@ local function blocked_fail()
   cannot_block(3)
 end
 
+-- For weft.sync: drops the recorded operation and raises "cannot block
+-- here" at `level` (as error() counts, from the caller of this function).
+function weft._cannot_block(level)
+  C.weft_lua_drop()
+  cannot_block(level + 1)
+end
+
 function Chan:send(v)
   put(v)
   local rc = C.weft_lua_send(self, SV)
@@ -517,6 +537,52 @@ function weft.after_func(seconds, fn)
   return t
 end
 
+-- ---- atomics and sync ----------------------------------------------------------------
+-- weft.atomic(n) is a shared 64-bit integer cell (engine/atomic.c) used
+-- through FFI calls that traces compile. Values are Lua numbers that are
+-- integers: exact within +-2^53 (what a double holds); a value beyond that
+-- (reached by adding) reads back rounded to the nearest double. A
+-- non-integer argument raises. Passed by reference, like channels.
+
+local MAX_EXACT = 2 ^ 53
+local function check_int(v, what)
+  if type(v) ~= "number" or v % 1 ~= 0 or v > MAX_EXACT or v < -MAX_EXACT then
+    error("weft.atomic: " .. what .. " must be an integer within 2^53, got " .. tostring(v), 3)
+  end
+end
+
+local Atomic = {}
+function Atomic:load() return C.weft_lua_atomic_load(self) end
+function Atomic:store(v) check_int(v, "value"); C.weft_lua_atomic_store(self, v) end
+function Atomic:add(d)
+  if d == nil then d = 1 else check_int(d, "delta") end
+  return C.weft_lua_atomic_add(self, d)
+end
+function Atomic:swap(v) check_int(v, "value"); return C.weft_lua_atomic_swap(self, v) end
+function Atomic:cas(old, new)
+  check_int(old, "old"); check_int(new, "new")
+  return C.weft_lua_atomic_cas(self, old, new) ~= 0
+end
+local atomic_mt = core.atomic_mt
+atomic_mt.__index = Atomic
+atomic_mt.__tostring = function(a) return "weft.atomic(" .. a:load() .. ")" end
+
+function weft.atomic(n)
+  if n == nil then n = 0 end
+  check_int(n, "n")
+  return core.atomic(n)
+end
+
+-- The sync objects' methods live in weft.sync, loaded on first use: an
+-- object received in a VM that has not loaded it yet loads it then.
+for _, mt in pairs(core.sync_mts) do
+  mt.__index = function(self, k)
+    require "weft.sync"
+    local index = mt.__index
+    if type(index) == "table" then return index[k] end
+  end
+end
+
 -- ---- user coroutines inside goroutines ------------------------------------------------
 
 -- Resumes co; while it asks to park (OP/YIELD), parks this goroutine too
@@ -546,9 +612,9 @@ function coroutine.wrap(fn)
   end
 end
 
--- ---- submodules loaded on first use (weft.context) ---------------------------------
+-- ---- submodules loaded on first use (weft.context, weft.sync) ---------------------
 
-local lazy = { context = "weft.context" }
+local lazy = { context = "weft.context", sync = "weft.sync" }
 setmetatable(weft, {
   __index = function(t, k)
     local name = lazy[k]
