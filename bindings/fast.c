@@ -27,7 +27,8 @@
  * in between). On BLOCK the hostg holds it (h->held, or h->cases for a
  * select) until the operation starts or is dropped. The channel takes it
  * when it is sent or queued; on CLOSED it is freed here. Of a select's send
- * values the one sent is moved, the others freed.
+ * values the one sent is moved, the others freed; on SEL_NOTG and SEL_BAD
+ * they are all still the caller's.
  *
  * Invariants: a goroutine has at most one operation under way (h->op), so
  * the held value, a pending select's cases and an early result live in its
@@ -110,8 +111,12 @@ int weft_lua_select(const weft_case *cs, int n, int nonblock, weft_case *res) {
         op_block(h, WEFT_HOSTOP_SELECT, NULL); /* the cases stay held */
         return SEL_BLOCK;
     }
+    if (rc < -1) { /* nothing taken: the caller frees its send values */
+        h->ncases = 0;
+        return SEL_BAD;
+    }
     weft_hostg_select_done(h, rc, res);
-    return rc >= -1 ? rc : SEL_BAD;
+    return rc;
 }
 
 int weft_hostg_start(hostg *h) {

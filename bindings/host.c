@@ -46,7 +46,7 @@ char weft_host_op_marker, weft_host_yield_marker, weft_host_cannot_marker;
 /* A VM and the hostgs kept for its next goroutines. A coroutine that
  * returned is as good as new (LuaJIT resumes it again once a function is
  * pushed): up to POOL_MAX are kept per VM. */
-enum { POOL_MAX = 256 };
+enum { POOL_MAX = 1024 };
 typedef struct vmstate {
     lua_State *L;
     hostg *pool;
@@ -199,16 +199,28 @@ static void fatal(char *msg) {
     weft_shutdown();
 }
 
-/* The error on top of co (a goroutine that raised), with its traceback. */
+/* err_message(e) -> e as a string, run protected: __tostring may raise. */
+static int err_message(lua_State *L) {
+    if (!lua_isstring(L, 1) && !(luaL_callmeta(L, 1, "__tostring") && lua_isstring(L, -1)))
+        lua_pushliteral(L, "(error object is not a string)");
+    lua_pushstring(L, lua_tostring(L, -1)); /* a number becomes a string */
+    return 1;
+}
+
+/* The error on top of co (a goroutine that raised), with its traceback; L
+ * is a thread of the same VM that is not running. */
 static void goroutine_failed(lua_State *L, lua_State *co, int64_t id) {
-    if (!lua_isstring(co, -1) && luaL_callmeta(co, -1, "__tostring"))
-        lua_replace(co, -2); /* e.g. a luassert failure */
-    const char *msg = lua_tostring(co, -1);
-    lua_pushfstring(L, "error in goroutine %d: %s", (int)id,
-                    msg ? msg : "(error object is not a string)");
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, err_message);
+    lua_xmove(co, L, 1);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "(error object is not a string)");
+    }
+    lua_pushfstring(L, "error in goroutine %d: %s", (int)id, lua_tostring(L, -1));
     luaL_traceback(L, co, lua_tostring(L, -1), 0);
     fatal(strdup(lua_tostring(L, -1)));
-    lua_pop(L, 2);
+    lua_settop(L, top);
 }
 
 /* ---- isolates ------------------------------------------------------------------- */
@@ -299,7 +311,30 @@ static void host_run(weft_proc *p, weft_g *g) {
     g->parkop = WEFT_PARK_EXIT;
 }
 
+/* At engine stop, the values a waker already moved in or out of g's
+ * pending operation: a receive's value never collected is freed; a select's
+ * send value that a receiver took is no longer h's to free. (A send that
+ * was taken has its waiter's copy zeroed by the receiver; one still queued
+ * or refused by a close is the sender's: freed.) */
+static void discard_pending(weft_g *g, hostg *h) {
+    if (g->nwaiting == 0)
+        return;
+    if (h->ncases == 0) {
+        weft_codec_val_free(&g->w1.val);
+        return;
+    }
+    weft_waiter *win = atomic_load(&g->selectdone) ? g->param : NULL;
+    if (!win || !win->success)
+        return;
+    weft_case *cs = &h->cases[win->case_index];
+    if (cs->dir == WEFT_CASE_SEND)
+        memset(&cs->val, 0, sizeof cs->val);
+    else
+        weft_codec_val_free(&win->val);
+}
+
 static void host_discard(weft_g *g) {
+    discard_pending(g, g->host);
     weft_hostg_free(g->host);
     g->host = NULL;
 }

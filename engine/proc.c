@@ -884,6 +884,8 @@ static int run_main(const weft_config *cfg, const weft_host *host, void (*main_f
     if (weft_S.host.proc_start)
         weft_S.host.proc_start(p0);
     rc = start_threads(1);
+    if (rc != WEFT_OK && host)
+        g->host = NULL; /* main never runs: its host data is the caller's again */
     weft_ctx_init_thread(&p0->g0);
     schedule_loop(p0);
     if (weft_S.host.proc_stop)

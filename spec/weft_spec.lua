@@ -288,6 +288,70 @@ describe("channels", function()
   end)
 end)
 
+describe("channel operations run from finalizers", function()
+  it("use buffers of their own: the interrupted operation's value is intact", function()
+    jit.flush(); jit.off() -- in the interpreter finalizers run at many more points
+    local armed = true
+    local ok, bad = pcall(run, function()
+      local a, pool = weft.chan(1), weft.chan(100000)
+      for i = 1, 100000 do pool:send("pooled value number " .. i) end
+      local wrong = 0
+      for i = 1, 3000 do
+        local p = newproxy(true)
+        getmetatable(p).__gc = function()
+          if not armed then return end
+          pool:recv()
+          pool:send({ token = i }) -- a plain table too
+        end
+        a:send("outer value number " .. i)
+        local v = a:recv()
+        if v ~= "outer value number " .. i then wrong = wrong + 1 end
+        a:send({ outer = i })
+        v = a:recv()
+        if type(v) ~= "table" or v.outer ~= i then wrong = wrong + 1 end
+      end
+      armed = false
+      return wrong
+    end)
+    armed = false
+    jit.on()
+    assert(ok, bad)
+    assert.are.equal(0, bad)
+  end)
+
+  it("refuse a method called on something that is not a channel", function()
+    local ch
+    run(function() ch = weft.chan(1) end)
+    assert.has_error(function() ch.send({}, 1) end,
+      "bad argument #1 to 'send' (weft.chan expected, got table)")
+    assert.has_error(function() ch.recv(io.stdout) end,
+      "bad argument #1 to 'recv' (weft.chan expected, got userdata)")
+  end)
+end)
+
+describe("engine stop", function()
+  it("frees a blocked select's value exactly once when a receiver took it", function()
+    for _ = 1, 20 do
+      run(function()
+        local ch = weft.chan()
+        weft.go(function() weft.select(weft.send(ch, ("x"):rep(100))) end)
+        weft.yield()
+        assert.are.equal(100, #ch:recv()) -- main returns before the sender runs again
+      end)
+    end
+  end)
+
+  it("reports an error object whose __tostring raises", function()
+    for _ = 1, 3 do
+      local ok, err = pcall(run, function()
+        error(setmetatable({}, { __tostring = function() error("nested") end }))
+      end)
+      assert.is_false(ok)
+      assert.matches("error in goroutine 1: %(error object is not a string%)", err)
+    end
+  end)
+end)
+
 describe("select", function()
   it("returns the index and the received value, or calls the handler", function()
     run(function()

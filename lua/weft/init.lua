@@ -216,13 +216,19 @@ end
 -- ---- channels ------------------------------------------------------------------
 -- Send, receive and select are FFI calls (bindings/fast.c describes the
 -- protocol) that JIT traces compile. Numbers, booleans and strings are
--- written and read here; other values go through the codec (core.encode and
--- core.decode). SV, RV, SC and RES are this VM's scratch buffers: each is
--- used only between two statements that run without a yield in between.
+-- written and read here; plain tables go in LuaJIT's serialization format;
+-- other values through the codec (core.encode and core.decode).
+--
+-- SV, RV, SC and RES (and ENC, DEC, the plain-table check's list) are this
+-- VM's scratch buffers. `busy` is set while one is between being written and
+-- being consumed; those windows never span a yield, but the collector may
+-- run a finalizer inside one (any FFI access in the interpreter may), and a
+-- finalizer that uses a channel then gets buffers of its own ("nested").
 
 local SV, RV = ffi.new("weft_lua_val[1]"), ffi.new("weft_lua_val[1]")
 local RES = ffi.new("weft_lua_case[1]")
 local SC, SCN = ffi.new("weft_lua_case[?]", 16), 16
+local busy = false
 
 -- level: as for cannot_block.
 local function not_in_goroutine(what, level)
@@ -265,33 +271,36 @@ local function is_plain(t)
   return ok
 end
 
--- Writes v into SV.
-local function put(v)
+-- Writes v into sv (a weft_lua_val[1]); returns an error message instead of
+-- raising. nested: sv is a finalizer's own buffer (no plain path: ENC and
+-- the check's list may be in use).
+local function put(v, sv, nested)
   local t = type(v)
   if t == "number" then
-    local b = SV[0]
+    local b = sv[0]
     b.u.d = v; b.len = 8; b.tag = TAG_NUMBER; b.flags = 0
   elseif t == "string" then
-    if C.weft_lua_val_bytes(SV, v, #v, TAG_RAW) ~= 0 then error("out of memory", 3) end
+    if C.weft_lua_val_bytes(sv, v, #v, TAG_RAW) ~= 0 then return "out of memory" end
   elseif t == "boolean" then
-    local b = SV[0]
+    local b = sv[0]
     b.u.i = v and 1 or 0; b.len = 8; b.tag = TAG_BOOL; b.flags = 0
   elseif v == nil then
-    error("send of nil value", 3)
-  elseif t == "table" and has_buffer and is_plain(v) then
+    return "send of nil value"
+  elseif t == "table" and has_buffer and not nested and is_plain(v) then
     ENC:reset()
     ENC:encode(v)
     local p, len = ENC:ref()
-    if C.weft_lua_val_bytes(SV, p, len, TAG_PLAIN) ~= 0 then error("out of memory", 3) end
+    if C.weft_lua_val_bytes(sv, p, len, TAG_PLAIN) ~= 0 then return "out of memory" end
   else
-    core_encode(v, SV)
+    local ok, err = pcall(core_encode, v, sv)
+    if not ok then return err end
   end
 end
 
--- The value in RV, whose heap buffer (if any) it frees. Reads RV before
--- anything allocates: a finalizer run by the collector may reuse RV.
-local function take()
-  local b = RV[0]
+-- The value in rv, whose heap buffer (if any) it frees; or nil and an error
+-- message. nested: rv is a finalizer's own buffer (DEC may be in use).
+local function take(rv, nested)
+  local b = rv[0]
   local tag = b.tag
   if tag == TAG_NUMBER then return b.u.d end
   if tag == TAG_RAW or tag == TAG_PLAIN then
@@ -301,6 +310,8 @@ local function take()
     local v
     if tag == TAG_RAW then
       v = ffi_string(heap and p or b.u.b, len)
+    elseif nested then
+      v = sbuf.decode(ffi_string(heap and p or b.u.b, len))
     else
       if heap then DEC:set(p, len) else DEC:set(ffi_string(b.u.b, len)) end
       v = DEC:decode()
@@ -309,11 +320,14 @@ local function take()
     return v
   end
   if tag == TAG_BOOL then return b.u.i ~= 0 end
-  return core_decode(RV)
+  local ok, v = pcall(core_decode, rv)
+  if ok then return v end
+  return nil, v
 end
 
 local Chan = {}
 Chan.__index = Chan
+local chan_mt = core.chan_mt
 
 function weft.chan(capacity)
   if capacity ~= nil and type(capacity) ~= "number" then
@@ -338,9 +352,53 @@ function weft._cannot_block(level)
   cannot_block(level + 1)
 end
 
+local function check_self(ch, what)
+  if getmetatable(ch) ~= chan_mt then
+    error("bad argument #1 to '" .. what .. "' (weft.chan expected, got " .. type(ch) .. ")", 3)
+  end
+end
+
+-- Raises for a finished operation's outcome rc (and a failed take's err).
+local function op_fail(what, rc, err)
+  if err then error(err, 3) end
+  if rc == CLOSED then error("send on closed channel", 0) end
+  if rc == BLOCK then blocked_fail() end
+  not_in_goroutine(what, 3)
+end
+
+-- A send or receive from a finalizer run inside another one's window:
+-- buffers of its own; it cannot wait (a finalizer cannot yield).
+local function send_nested(ch, v)
+  local sv = ffi.new("weft_lua_val[1]")
+  local err = put(v, sv, true)
+  if err then error(err, 3) end
+  local rc = C.weft_lua_send(ch, sv)
+  if rc ~= DONE then op_fail("send", rc) end
+end
+
+local function recv_nested(ch)
+  local rv = ffi.new("weft_lua_val[1]")
+  local rc = C.weft_lua_recv(ch, rv)
+  if rc == DONE then
+    local v, err = take(rv, true)
+    if err then op_fail("recv", rc, err) end
+    return v, true
+  end
+  if rc == CLOSED then return nil, false end
+  op_fail("recv", rc)
+end
+
 function Chan:send(v)
-  put(v)
+  check_self(self, "send")
+  if busy then return send_nested(self, v) end
+  busy = true
+  local err = put(v, SV)
+  if err then
+    busy = false
+    error(err, 2)
+  end
   local rc = C.weft_lua_send(self, SV)
+  busy = false
   if rc == DONE then return end
   if rc == BLOCK then
     if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
@@ -351,15 +409,29 @@ function Chan:send(v)
   not_in_goroutine("send", 2)
 end
 
-function Chan:recv()
-  local rc = C.weft_lua_recv(self, RV)
+-- Receives on ch for recv and range: rc, v, err.
+local function recv_op(ch)
+  busy = true
+  local rc = C.weft_lua_recv(ch, RV)
   if rc == BLOCK then
+    busy = false
     if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
+    busy = true
     rc = C.weft_lua_recv_finish(RV)
   end
-  if rc == DONE then return take(), true end
+  local v, err
+  if rc == DONE then v, err = take(RV) end
+  busy = false
+  return rc, v, err
+end
+
+function Chan:recv()
+  check_self(self, "recv")
+  if busy then return recv_nested(self) end
+  local rc, v, err = recv_op(self)
+  if rc == DONE and not err then return v, true end
   if rc == CLOSED then return nil, false end
-  not_in_goroutine("recv", 2)
+  op_fail("recv", rc, err)
 end
 
 function Chan:close() core.close(self) end
@@ -367,20 +439,17 @@ function Chan:len() return core.len(self) end
 function Chan:cap() return core.cap(self) end
 
 local function range_next(ch)
-  local rc = C.weft_lua_recv(ch, RV)
-  if rc == BLOCK then
-    if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
-    rc = C.weft_lua_recv_finish(RV)
-  end
-  if rc == DONE then return take() end
+  if busy then return (recv_nested(ch)) end
+  local rc, v, err = recv_op(ch)
+  if rc == DONE and not err then return v end
   if rc == CLOSED then return nil end
-  not_in_goroutine("recv", 2)
+  op_fail("recv", rc, err)
 end
 function Chan:range()
+  check_self(self, "range")
   return range_next, self
 end
 
-local chan_mt = core.chan_mt
 chan_mt.__index = Chan
 
 -- ---- select ----------------------------------------------------------------------
@@ -422,20 +491,30 @@ local function default_case(...)
   end
 end
 
--- The chosen case k (0-based among the channel cases), result in RES.
-local function select_done(k, ...)
+-- Frees the send values written into sc[0 .. m-1] (the select did not run).
+local function free_cases(sc, m)
+  for k = 0, m - 1 do
+    if sc[k].dir == SEND then C.weft_lua_val_free(sc[k].val) end
+  end
+end
+
+-- The chosen case k (0-based among the channel cases), whose result is in
+-- res: releases the buffers (busy) before any handler runs.
+local function select_done(k, res, rv, nested, ...)
   local c, i = nth_case(k + 1, ...)
-  local fn = c[4]
+  local fn, ok = c[4], res[0].ok ~= 0
+  local v, err
+  if c[1] == RECV and ok then
+    rv[0] = res[0].val
+    v, err = take(rv, nested)
+  end
+  if not nested then busy = false end
+  if err then error(err, 3) end
   if c[1] == RECV then
-    local v, ok = nil, RES[0].ok ~= 0
-    if ok then
-      RV[0] = RES[0].val
-      v = take()
-    end
     if fn then return fn(v, ok) end
     return i, v, ok
   end
-  if RES[0].ok == 0 then error("send on closed channel", 0) end
+  if not ok then error("send on closed channel", 0) end
   if fn then return fn() end
   return i
 end
@@ -446,62 +525,76 @@ local function run_default(...)
   return i
 end
 
--- Frees the send values written into SC[0 .. m-1] (the select did not run).
-local function free_cases(m)
-  for k = 0, m - 1 do
-    if SC[k].dir == SEND then C.weft_lua_val_free(SC[k].val) end
-  end
-end
-
-local function put_case(v, m)
-  local ok, err = pcall(put, v)
-  if not ok then
-    free_cases(m)
-    error(err, 0)
-  end
-end
-
-function weft.select(...)
-  local n = select("#", ...)
-  if n > SCN then
-    SCN = 2 * n
-    SC = ffi.new("weft_lua_case[?]", SCN)
-  end
+-- select with the buffers given (this VM's, or a finalizer's own).
+local function select_with(sc, res, sv, rv, nested, n, ...)
   local m, default = 0, false
   for i = 1, n do
     local c = select(i, ...)
     local kind = type(c) == "table" and c[1]
     if kind == RECV or kind == SEND then
-      local sc = SC[m]
-      sc.ch = c[2]
-      sc.dir = kind
+      local slot = sc[m]
+      slot.ch = c[2]
+      slot.dir = kind
       m = m + 1
       if kind == SEND then
-        put_case(c[3], m - 1)
-        sc.val = SV[0]
+        local err = put(c[3], sv, nested)
+        if err then
+          free_cases(sc, m - 1)
+          return nil, err
+        end
+        slot.val = sv[0]
       end
     else
       local err = kind ~= DEFAULT and "case " .. i .. " is not a case (use weft.recv, weft.send, weft.default)"
           or default and "more than one default case"
       if err then
-        free_cases(m)
-        error("weft.select: " .. err, 2)
+        free_cases(sc, m)
+        return nil, "weft.select: " .. err
       end
       default = true
     end
   end
-  local k = C.weft_lua_select(SC, m, default and 1 or 0, RES)
-  if k >= 0 then return select_done(k, ...) end
-  if k == SEL_NONE then return run_default(...) end
+  local k = C.weft_lua_select(sc, m, default and 1 or 0, res)
+  if k >= 0 then return true, select_done(k, res, rv, nested, ...) end
+  if not nested then busy = false end
+  if k == SEL_NONE then return true, run_default(...) end
   if k == SEL_BLOCK then
-    block(2)
-    return select_done(C.weft_lua_select_finish(RES), ...)
+    if nested then
+      C.weft_lua_drop()
+      return nil, "cannot block here: " .. block_context()
+    end
+    block(3)
+    busy = true
+    return true, select_done(C.weft_lua_select_finish(res), res, rv, nested, ...)
   end
   if k == SEL_NOTG then
-    free_cases(m)
-    not_in_goroutine("select", 2)
+    free_cases(sc, m)
+    return nil, "weft.select: not inside a goroutine (start one with weft.run)"
   end
-  error("weft.select: bad cases (" .. k .. ")", 2)
+  free_cases(sc, m)
+  return nil, "weft.select: bad cases (" .. k .. ")"
+end
+
+local function select_result(nested, ok, ...)
+  if ok == nil then
+    if not nested then busy = false end
+    error((...), 3)
+  end
+  return ...
+end
+
+function weft.select(...)
+  local n = select("#", ...)
+  if busy then
+    return select_result(true, select_with(ffi.new("weft_lua_case[?]", n), ffi.new("weft_lua_case[1]"),
+      ffi.new("weft_lua_val[1]"), ffi.new("weft_lua_val[1]"), true, n, ...))
+  end
+  if n > SCN then
+    SCN = 2 * n
+    SC = ffi.new("weft_lua_case[?]", SCN)
+  end
+  busy = true
+  return select_result(false, select_with(SC, RES, SV, RV, false, n, ...))
 end
 
 -- ---- timers -------------------------------------------------------------------------
