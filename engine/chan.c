@@ -38,10 +38,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct weft_waitq {
-    weft_waiter *first, *last;
-} weft_waitq;
-
 struct weft_chan {
     weft_mutex lock;
     atomic_int refs;
@@ -64,29 +60,13 @@ enum { DIR_RECV = WEFT_CASE_RECV, DIR_SEND = WEFT_CASE_SEND };
 static void waitq_enqueue(weft_chan *c, weft_waitq *q, weft_waiter *w) {
     atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     w->c = c;
-    w->next = NULL;
-    w->prev = q->last;
-    if (q->last)
-        q->last->next = w;
-    else
-        q->first = w;
-    q->last = w;
-    w->queued = true;
+    weft_waitq_push(q, w);
 }
 
 static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
     atomic_fetch_sub_explicit(&w->c->refs, 1, memory_order_relaxed);
     w->c = NULL;
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        q->first = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        q->last = w->prev;
-    w->next = w->prev = NULL;
-    w->queued = false;
+    weft_waitq_remove(q, w);
 }
 
 /* The first waiter that can still be woken, unlinked. A select waiter must

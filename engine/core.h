@@ -63,6 +63,37 @@ struct weft_waiter {
     bool success;             /* set by the waker: communicated (true) or closed (false) */
 };
 
+/* A FIFO of waiters, linked through next/prev (a channel's send or receive
+ * queue, a semaphore's queue). The owner's lock protects it; the owner
+ * keeps its own reference counting around push and remove. */
+typedef struct weft_waitq {
+    weft_waiter *first, *last;
+} weft_waitq;
+
+static inline void weft_waitq_push(weft_waitq *q, weft_waiter *w) {
+    w->next = NULL;
+    w->prev = q->last;
+    if (q->last)
+        q->last->next = w;
+    else
+        q->first = w;
+    q->last = w;
+    w->queued = true;
+}
+
+static inline void weft_waitq_remove(weft_waitq *q, weft_waiter *w) {
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        q->first = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        q->last = w->prev;
+    w->next = w->prev = NULL;
+    w->queued = false;
+}
+
 /* ---- timers -------------------------------------------------------------- */
 
 enum weft_timer_kind {

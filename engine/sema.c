@@ -47,7 +47,7 @@ struct weft_sema {
     atomic_int refs;
     _Atomic int64_t count; /* written under lock; read lock-free by weft_sema_count */
     int64_t limit;
-    weft_waiter *first, *last;
+    weft_waitq q;
 };
 
 /* ---- life cycle ------------------------------------------------------------ */
@@ -93,30 +93,14 @@ int64_t weft_sema_limit(weft_sema *s) {
 static void enqueue(weft_sema *s, weft_waiter *w) {
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     w->sema = s;
-    w->next = NULL;
-    w->prev = s->last;
-    if (s->last)
-        s->last->next = w;
-    else
-        s->first = w;
-    s->last = w;
-    w->queued = true;
+    weft_waitq_push(&s->q, w);
 }
 
 /* The caller holds another reference: this one is never the last. */
 static void unlink_waiter(weft_sema *s, weft_waiter *w) {
     atomic_fetch_sub_explicit(&s->refs, 1, memory_order_relaxed);
     w->sema = NULL;
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        s->first = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        s->last = w->prev;
-    w->next = w->prev = NULL;
-    w->queued = false;
+    weft_waitq_remove(&s->q, w);
 }
 
 static void unlock_cb(void *s) {
@@ -144,7 +128,7 @@ static int acquire_prepare(weft_sema *s, int64_t k, weft_g *g) {
         return WEFT_EINVAL;
     weft_mutex_lock(&s->lock);
     int64_t count = atomic_load_explicit(&s->count, memory_order_relaxed);
-    if (!s->first && count >= k) {
+    if (!s->q.first && count >= k) {
         atomic_store_explicit(&s->count, count - k, memory_order_relaxed);
         weft_mutex_unlock(&s->lock);
         return WEFT_OK;
@@ -214,7 +198,7 @@ int weft_sema_release(weft_sema *s, int64_t k) {
     weft_waiter *wake = NULL, **tail = &wake;
     int nwake = 0;
     weft_waiter *w;
-    while ((w = s->first) && w->val.u.i <= count) {
+    while ((w = s->q.first) && w->val.u.i <= count) {
         count -= w->val.u.i;
         unlink_waiter(s, w);
         w->success = true;
