@@ -97,9 +97,10 @@ static int push_started(lua_State *L, hostg *h, int64_t id, const char *what) {
     return 1;
 }
 
-/* core.go(fn, ...) -> id */
+/* core.go(fn, ...) -> id (weft.go itself) */
 static int l_go(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (lua_type(L, 1) != LUA_TFUNCTION)
+        return luaL_error(L, "weft.go: fn must be a function, got %s", luaL_typename(L, 1));
     current(L, "go");
     hostg *h = weft_hostg_new(L, 1, lua_gettop(L) - 1);
     return push_started(L, h, weft_go_hosted(h), "go");

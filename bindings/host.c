@@ -145,10 +145,8 @@ hostg *weft_hostg_new(lua_State *L, int fidx, int nargs) {
     hostg *h = hostg_take(L, vm < 0 ? 0 : vm);
     if (!h)
         luaL_error(L, "out of memory");
+    (void)fidx;
     lua_checkstack(h->co, nargs + 1);
-    lua_pushvalue(L, fidx);
-    for (int i = 1; i <= nargs; i++)
-        lua_pushvalue(L, fidx + i);
     lua_xmove(L, h->co, nargs + 1);
     h->nargs = nargs;
     return h;

@@ -136,12 +136,7 @@ function weft.run(opts, main, ...)
   return finish_run(core.run(procs or 0, main, ...))
 end
 
-function weft.go(fn, ...)
-  if type(fn) ~= "function" then
-    error("weft.go: fn must be a function, got " .. type(fn), 2)
-  end
-  return core.go(fn, ...)
-end
+weft.go = core.go -- checks fn itself: one call less per goroutine
 
 -- Isolated goroutines: fn, its upvalues, the user globals it reads and the
 -- arguments are copied (lua/weft/transfer.lua; module values travel by
