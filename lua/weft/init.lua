@@ -700,9 +700,9 @@ function coroutine.wrap(fn)
   end
 end
 
--- ---- submodules loaded on first use (weft.context, weft.sync) ---------------------
+-- ---- submodules loaded on first use (weft.context, weft.sync, weft.errgroup) ------
 
-local lazy = { context = "weft.context", sync = "weft.sync" }
+local lazy = { context = "weft.context", sync = "weft.sync", errgroup = "weft.errgroup" }
 setmetatable(weft, {
   __index = function(t, k)
     local name = lazy[k]
