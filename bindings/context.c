@@ -71,7 +71,6 @@
 #include <string.h>
 
 #define CTX_MT "weft.context"
-#define CHAN_MT "weft.chan"
 
 enum { KIND_BACKGROUND, KIND_CANCEL, KIND_VALUE };
 enum { ERR_NONE, ERR_CANCELED, ERR_DEADLINE };

@@ -34,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHAN_MT "weft.chan"
 #define TIMER_MT "weft.timer"
 
 typedef struct ltimer {
@@ -178,10 +177,7 @@ static weft_chan *checkchan(lua_State *L, int idx) {
 }
 
 static int push_chan(lua_State *L, void *obj) {
-    lchan *lc = lua_newuserdata(L, sizeof *lc);
-    lc->c = obj;
-    luaL_getmetatable(L, CHAN_MT);
-    lua_setmetatable(L, -2);
+    weft_push_object(L, obj, CHAN_MT);
     return 1;
 }
 
@@ -365,10 +361,7 @@ static int l_timer(lua_State *L) {
             return luaL_error(L, "weft.ticker: period must be positive, got %f", s);
         return luaL_error(L, "weft.timer: the engine is not running");
     }
-    ltimer *lt = lua_newuserdata(L, sizeof *lt);
-    lt->t = t;
-    luaL_getmetatable(L, TIMER_MT);
-    lua_setmetatable(L, -2);
+    weft_push_object(L, t, TIMER_MT);
     push_chan(L, weft_chan_retain(weft_timer_chan(t)));
     return 2;
 }

@@ -16,6 +16,8 @@ typedef struct lchan {
     weft_chan *c;
 } lchan;
 
+#define CHAN_MT "weft.chan" /* the registry name of channels' metatable */
+
 /* Pushes a new full userdata holding the engine object obj (whose reference
  * it takes over) with the metatable registered as tname. */
 static inline void weft_push_object(lua_State *L, void *obj, const char *tname) {

@@ -182,10 +182,7 @@ static void sync_release(void *p) {
 /* Takes over one reference to o. */
 static int push_sync(lua_State *L, void *p) {
     syncobj *o = p;
-    lsync *u = lua_newuserdata(L, sizeof *u);
-    u->o = o;
-    luaL_getmetatable(L, sync_kinds[o->kind].mt);
-    lua_setmetatable(L, -2);
+    weft_push_object(L, o, sync_kinds[o->kind].mt);
     return 1;
 }
 
@@ -274,10 +271,7 @@ static void atomic_release(void *p) {
 }
 
 static int push_atomic(lua_State *L, void *p) {
-    latomic *u = lua_newuserdata(L, sizeof *u);
-    u->a = p;
-    luaL_getmetatable(L, ATOMIC_MT);
-    lua_setmetatable(L, -2);
+    weft_push_object(L, p, ATOMIC_MT);
     return 1;
 }
 
