@@ -530,6 +530,23 @@ describe("blocking where Lua cannot yield", function()
     end)
   end)
 
+  it("points at the caller's line, for every blocking call", function()
+    run(function()
+      local c = weft.chan()
+      local calls = {
+        function() c:recv() end, function() c:send(1) end,
+        function() for _ in c:range() do end end,
+        function() weft.select(weft.recv(c)) end, function() weft.sleep(1) end,
+      }
+      for i, call in ipairs(calls) do
+        local ok, err = pcall(table.sort, { 2, 1 }, function(a, b) call() return a < b end)
+        assert.is_false(ok)
+        assert.matches("^spec/weft_spec%.lua:%d+: cannot block here: table.sort comparator$", err,
+          nil, false, "call " .. i)
+      end
+    end)
+  end)
+
   it("raises inside a user coroutine resumed where the goroutine cannot yield", function()
     run(function()
       local c = weft.chan()

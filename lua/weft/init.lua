@@ -105,11 +105,15 @@ end
 -- done: yields OP to the scheduler, which starts it. Where Lua cannot yield
 -- (or a coroutine wrapper below answers CANNOT), the operation is dropped
 -- and "cannot block here" raised. level: as for cannot_block.
+-- Drops the recorded operation and raises "cannot block here"; level: as
+-- for cannot_block.
+local function dropped(level)
+  C.weft_lua_drop()
+  cannot_block(level + 1)
+end
+
 local function block(level)
-  if not co_isyieldable() or co_yield(OP) == CANNOT then
-    C.weft_lua_drop()
-    cannot_block(level + 1)
-  end
+  if not co_isyieldable() or co_yield(OP) == CANNOT then dropped(level + 1) end
 end
 
 -- ---- goroutines --------------------------------------------------------------
@@ -335,17 +339,9 @@ end
 -- through an extra frame or two would need a bigger Lua stack, and every
 -- blocked goroutine would keep it (twice the memory per goroutine).
 
-local function blocked_fail()
-  C.weft_lua_drop()
-  cannot_block(3)
-end
-
 -- For weft.sync: drops the recorded operation and raises "cannot block
 -- here" at `level` (as error() counts, from the caller of this function).
-function weft._cannot_block(level)
-  C.weft_lua_drop()
-  cannot_block(level + 1)
-end
+weft._cannot_block = dropped
 
 local function check_self(ch, what)
   if getmetatable(ch) ~= chan_mt then
@@ -357,7 +353,7 @@ end
 local function op_fail(what, rc, err)
   if err then error(err, 3) end
   if rc == CLOSED then error("send on closed channel", 0) end
-  if rc == BLOCK then blocked_fail() end
+  if rc == BLOCK then dropped(3) end
   not_in_goroutine(what, 3)
 end
 
@@ -396,7 +392,7 @@ function Chan:send(v)
   busy = false
   if rc == DONE then return end
   if rc == BLOCK then
-    if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
+    if not co_isyieldable() or co_yield(OP) == CANNOT then dropped(2) end
     rc = C.weft_lua_send_finish()
     if rc == DONE then return end
   end
@@ -410,7 +406,7 @@ local function recv_op(ch)
   local rc = C.weft_lua_recv(ch, RV)
   if rc == BLOCK then
     busy = false
-    if not co_isyieldable() or co_yield(OP) == CANNOT then blocked_fail() end
+    if not co_isyieldable() or co_yield(OP) == CANNOT then dropped(3) end -- at recv's caller
     busy = true
     rc = C.weft_lua_recv_finish(RV)
   end
