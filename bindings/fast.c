@@ -32,7 +32,10 @@
  *
  * Invariants: a goroutine has at most one operation under way (h->op), so
  * the held value, a pending select's cases and an early result live in its
- * hostg until the operation is finished or dropped.
+ * hostg until the operation is finished or dropped. The Lua side allocates
+ * nothing between a BLOCK and its yield, nor between the resume and the
+ * finish: so no finalizer (which could start an operation of its own in
+ * this goroutine and overwrite h->op) can run while one is recorded.
  */
 #include "codec.h"
 #include "host.h"
