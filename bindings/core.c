@@ -51,7 +51,7 @@ static int l_run(lua_State *L) {
         return luaL_error(L, "weft.run: the engine is already running");
     int base = lua_gettop(L);
     weft_host_begin(L);
-    hostg *h = weft_hostg_new(L, 2, base - 2);
+    hostg *h = weft_hostg_new(L, base - 2);
     h->main = true;
     weft_config cfg = {procs, 0};
     int rc = weft_run_hosted(&cfg, &weft_lua_host, h);
@@ -101,7 +101,7 @@ static int l_go(lua_State *L) {
     if (lua_type(L, 1) != LUA_TFUNCTION)
         return luaL_error(L, "weft.go: fn must be a function, got %s", luaL_typename(L, 1));
     current(L, "go");
-    hostg *h = weft_hostg_new(L, 1, lua_gettop(L) - 1);
+    hostg *h = weft_hostg_new(L, lua_gettop(L) - 1);
     return push_started(L, h, weft_go_hosted(h), "go");
 }
 

@@ -120,32 +120,37 @@ static void pool_drain(vmstate *vs) {
     vs->npool = 0;
 }
 
-/* Gives h a coroutine of processor vm's VM (L: a thread of that VM), from
- * the pool when it can. NULL if out of memory. */
-static hostg *hostg_take(lua_State *L, int vm) {
+/* A hostg with a coroutine of processor vm's VM (L: a thread of that VM):
+ * h itself (an isolate's, given the coroutine), or when h is NULL a new
+ * one. A pooled coroutine when there is one. NULL if out of memory. */
+static hostg *hostg_take(lua_State *L, int vm, hostg *h) {
     vmstate *vs = &R.vms[vm];
-    hostg *h = vs->pool;
-    if (h) {
-        vs->pool = h->next;
+    hostg *pooled = vs->pool;
+    if (pooled) {
+        vs->pool = pooled->next;
         vs->npool--;
-        h->next = NULL;
-        return h;
+        pooled->next = NULL;
+        if (!h)
+            return pooled;
+        h->co = pooled->co; /* adopt its coroutine, drop the rest */
+        h->ref = pooled->ref;
+        pooled->co = NULL;
+        weft_hostg_free(pooled);
+    } else {
+        if (!h && !(h = calloc(1, sizeof *h)))
+            return NULL;
+        h->co = lua_newthread(L);
+        h->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    h = calloc(1, sizeof *h);
-    if (!h)
-        return NULL;
     h->vm = vm;
-    h->co = lua_newthread(L);
-    h->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return h;
 }
 
-hostg *weft_hostg_new(lua_State *L, int fidx, int nargs) {
+hostg *weft_hostg_new(lua_State *L, int nargs) {
     int vm = weft_proc_id();
-    hostg *h = hostg_take(L, vm < 0 ? 0 : vm);
+    hostg *h = hostg_take(L, vm < 0 ? 0 : vm, NULL);
     if (!h)
         luaL_error(L, "out of memory");
-    (void)fidx;
     lua_checkstack(h->co, nargs + 1);
     lua_xmove(L, h->co, nargs + 1);
     h->nargs = nargs;
@@ -231,17 +236,7 @@ static bool isolate_start(weft_proc *p, weft_g *g, hostg *h) {
         fatal(strdup("weft.spawn: a processor has no Lua VM"));
         return false;
     }
-    hostg *pooled = vs->pool ? hostg_take(vs->L, p->id) : NULL;
-    if (pooled) { /* adopt the pooled coroutine */
-        h->co = pooled->co;
-        h->ref = pooled->ref;
-        pooled->co = NULL;
-        weft_hostg_free(pooled);
-    } else {
-        h->co = lua_newthread(vs->L);
-        h->ref = luaL_ref(vs->L, LUA_REGISTRYINDEX);
-    }
-    h->vm = p->id;
+    hostg_take(vs->L, p->id, h);
     lua_State *co = h->co;
     lua_getfield(co, LUA_REGISTRYINDEX, WEFT_ISOLATE_STARTER);
     if (!lua_isfunction(co, -1)) {

@@ -91,10 +91,10 @@ int weft_host_end(void);
 char *weft_host_take_error(void);
 bool weft_host_running(void);
 
-/* A goroutine running the function at fidx of L with the nargs values after
- * it, which must be the top of L's stack (they are moved, not copied), in
- * L's VM (the current processor's); raises if out of memory. */
-hostg *weft_hostg_new(lua_State *L, int fidx, int nargs);
+/* A goroutine running the function on L's stack below its top nargs values
+ * (all moved, not copied), in L's VM (the current processor's); raises if
+ * out of memory. */
+hostg *weft_hostg_new(lua_State *L, int nargs);
 /* An isolate not started yet, owning payload, to be started with the
  * spawner's package.path and package.cpath (copied; either may be NULL);
  * NULL if out of memory. */

@@ -25,7 +25,6 @@ end
 local co_create, co_resume, co_yield = coroutine.create, originals.resume, coroutine.yield
 local co_status, co_isyieldable = coroutine.status, coroutine.isyieldable
 local select, error, type, getinfo = select, error, type, debug.getinfo
-local unpack = unpack or table.unpack
 local OP, YIELD = core.OP, core.YIELD
 local CANNOT = core.CANNOT -- resumed with this by a wrapper that cannot pass OP up
 
