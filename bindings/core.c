@@ -164,7 +164,7 @@ static int l_sleep(lua_State *L) {
     }
     h->op = WEFT_HOSTOP_SLEEP;
     h->opdone = false;
-    h->sleepns = s > 9e9 ? (int64_t)9e18 : (int64_t)(s * 1e9);
+    h->opnd.sleepns = s > 9e9 ? (int64_t)9e18 : (int64_t)(s * 1e9);
     lua_pushinteger(L, 1);
     return 1;
 }

@@ -60,7 +60,7 @@ void weft_lua_val_free(weft_val *v);
 
 static void op_block(hostg *h, int op, weft_chan *c) {
     h->op = op;
-    h->opchan = c;
+    h->opnd.chan = c;
     h->opdone = false;
 }
 
@@ -126,14 +126,14 @@ int weft_hostg_start(hostg *h) {
     int rc = WEFT_PENDING;
     switch (h->op) {
     case WEFT_HOSTOP_SEND:
-        rc = weft_chan_send_start(h->opchan, &h->held);
+        rc = weft_chan_send_start(h->opnd.chan, &h->held);
         if (rc != WEFT_ECLOSED)
             memset(&h->held, 0, sizeof h->held); /* the channel has it */
         if (rc != WEFT_PENDING)
             h->oprc = rc == WEFT_OK ? WL_DONE : WL_CLOSED;
         break;
     case WEFT_HOSTOP_RECV:
-        rc = weft_chan_recv_start(h->opchan, &h->held);
+        rc = weft_chan_recv_start(h->opnd.chan, &h->held);
         if (rc != WEFT_PENDING)
             h->oprc = rc == 1 ? WL_DONE : WL_CLOSED;
         break;
@@ -143,12 +143,12 @@ int weft_hostg_start(hostg *h) {
             h->oprc = rc;
         break;
     case WEFT_HOSTOP_SEMA: /* sync.c: acquire cannot fail once recorded */
-        rc = weft_sema_acquire_start(h->sema.s, h->sema.k, h->sema.reason);
+        rc = weft_sema_acquire_start(h->opnd.sema.s, h->opnd.sema.k, h->opnd.sema.reason);
         if (rc != WEFT_PENDING)
             h->oprc = WL_DONE;
         break;
     case WEFT_HOSTOP_SLEEP: /* no finish: done here */
-        rc = weft_sleep_start(h->sleepns);
+        rc = weft_sleep_start(h->opnd.sleepns);
         h->op = WEFT_HOSTOP_NONE;
         return rc == WEFT_PENDING ? WEFT_PENDING : WEFT_OK;
     }

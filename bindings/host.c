@@ -73,11 +73,15 @@ static void hostg_drop_cases(hostg *h, int keep) {
     h->ncases = 0;
 }
 
-static void hostg_free_paths(hostg *h) {
-    for (int i = 0; i < 2; i++) {
-        free(h->paths[i]);
-        h->paths[i] = NULL;
-    }
+static void hostg_free_spawn(hostg *h) {
+    hostg_spawn *sp = h->spawn;
+    if (!sp)
+        return;
+    weft_codec_val_free(&sp->payload);
+    free(sp->paths[0]);
+    free(sp->paths[1]);
+    free(sp);
+    h->spawn = NULL;
 }
 
 void weft_hostg_free(hostg *h) {
@@ -85,8 +89,7 @@ void weft_hostg_free(hostg *h) {
     if (L)
         luaL_unref(L, LUA_REGISTRYINDEX, h->ref);
     hostg_drop_cases(h, -1);
-    weft_codec_val_free(&h->payload);
-    hostg_free_paths(h);
+    hostg_free_spawn(h);
     free(h->cases);
     free(h->name);
     free(h);
@@ -159,16 +162,21 @@ hostg *weft_hostg_new(lua_State *L, int nargs) {
 
 hostg *weft_hostg_isolate(weft_val payload, const char *path, const char *cpath) {
     hostg *h = calloc(1, sizeof *h);
-    if (!h)
+    hostg_spawn *sp = calloc(1, sizeof *sp);
+    if (!h || !sp) {
+        free(h);
+        free(sp);
         return NULL;
+    }
     h->vm = -1;
-    h->paths[0] = path ? strdup(path) : NULL;
-    h->paths[1] = cpath ? strdup(cpath) : NULL;
-    if ((path && !h->paths[0]) || (cpath && !h->paths[1])) {
+    h->spawn = sp;
+    sp->paths[0] = path ? strdup(path) : NULL;
+    sp->paths[1] = cpath ? strdup(cpath) : NULL;
+    if ((path && !sp->paths[0]) || (cpath && !sp->paths[1])) {
         weft_hostg_free(h);
         return NULL;
     }
-    h->payload = payload;
+    sp->payload = payload;
     return h;
 }
 
@@ -245,14 +253,14 @@ static bool isolate_start(weft_proc *p, weft_g *g, hostg *h) {
         goroutine_failed(vs->L, co, g->id);
         return false;
     }
-    weft_transfer_push(co, &h->payload);
+    weft_transfer_push(co, &h->spawn->payload);
     for (int i = 0; i < 2; i++) {
-        if (h->paths[i])
-            lua_pushstring(co, h->paths[i]);
+        if (h->spawn->paths[i])
+            lua_pushstring(co, h->spawn->paths[i]);
         else
             lua_pushnil(co);
     }
-    hostg_free_paths(h);
+    hostg_free_spawn(h);
     h->nargs = 3;
     return true;
 }

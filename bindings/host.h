@@ -29,28 +29,37 @@ static inline void weft_push_object(lua_State *L, void *obj, const char *tname) 
 
 /* A Lua goroutine: a coroutine of its processor's VM. Finished goroutines'
  * hostgs, coroutine included, are kept for reuse (core.c). */
+/* What an isolate brings until it starts: its function and arguments,
+ * encoded, and its spawner's package.path and package.cpath. */
+typedef struct hostg_spawn {
+    weft_val payload;
+    char *paths[2];
+} hostg_spawn;
+
+/* Kept small: a blocked Lua goroutine is its coroutine, its weft_g and this. */
 typedef struct hostg {
     lua_State *co; /* NULL: an isolate not started yet */
     int vm;        /* the processor whose VM co belongs to (-1: none yet) */
-    weft_val payload; /* an isolate's function and arguments, encoded */
-    char *paths[2];   /* ... and its spawner's package.path, package.cpath */
-    int ref;   /* anchors co in the registry */
-    int nargs; /* values to pass to the next resume */
-    bool main;
-    char *name;       /* weft.name, malloc'd */
-    int op;           /* WEFT_HOSTOP_*: the operation under way (fast.c) */
-    bool opdone;      /* it completed as it started: oprc (and held) tell */
+    int ref;       /* anchors co in the registry */
+    int nargs;     /* values to pass to the next resume */
+    int op;        /* WEFT_HOSTOP_*: the operation under way (fast.c) */
     int oprc;
-    weft_chan *opchan;
-    int64_t sleepns;
-    weft_val held;    /* a send's value, or an early receive's */
-    weft_case *cases; /* a select in progress */
-    struct {          /* a semaphore acquire (sync.c) */
-        weft_sema *s;
-        int64_t k;
-        const char *reason;
-    } sema;
+    bool opdone;   /* it completed as it started: oprc (and held) tell */
+    bool main;
     int ncases, capcases;
+    hostg_spawn *spawn; /* an isolate not started yet */
+    char *name;         /* weft.name, malloc'd */
+    weft_val held;      /* a send's value, or an early receive's */
+    weft_case *cases;   /* a select in progress */
+    union {             /* the operand of op */
+        weft_chan *chan; /* SEND, RECV */
+        int64_t sleepns; /* SLEEP */
+        struct {         /* SEMA: a semaphore acquire (sync.c) */
+            weft_sema *s;
+            int64_t k;
+            const char *reason;
+        } sema;
+    } opnd;
     struct hostg *next; /* free list */
 } hostg;
 

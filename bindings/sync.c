@@ -115,9 +115,9 @@ int weft_lua_sema_acquire(lsync *u, int i, double k, int reason) {
         return SL_NOTG;
     h->op = WEFT_HOSTOP_SEMA;
     h->opdone = false;
-    h->sema.s = s;
-    h->sema.k = (int64_t)k;
-    h->sema.reason =
+    h->opnd.sema.s = s;
+    h->opnd.sema.k = (int64_t)k;
+    h->opnd.sema.reason =
         reason >= 0 && reason < (int)(sizeof reasons / sizeof *reasons) ? reasons[reason] : reasons[0];
     return SL_BLOCK;
 }
@@ -127,7 +127,7 @@ int weft_lua_sema_finish(void) {
     bool early = h->opdone;
     h->op = WEFT_HOSTOP_NONE;
     h->opdone = false;
-    h->sema.s = NULL;
+    h->opnd.sema.s = NULL;
     if (!early)
         weft_sema_acquire_finish();
     return SL_DONE;

@@ -125,22 +125,29 @@ typedef struct weft_theap_ent {
 
 /* ---- goroutine ----------------------------------------------------------- */
 
-struct weft_g {
-    int64_t id;
-    atomic_int state;     /* enum weft_gstate */
-    int kind;             /* enum weft_gkind */
+/* What only a native goroutine needs: its C stack, saved context and entry.
+ * Made the first time a goroutine struct runs native code and kept with the
+ * struct across reuse, so that a hosted goroutine (most of them, in Lua
+ * programs) does not carry it. */
+typedef struct weft_gnative {
     weft_ctx ctx;
     weft_stack stack;
     void (*fn)(void *);
     void *arg;
-    weft_g *schedlink;    /* global run queue, inbox, bound queue, free list */
-    weft_proc *bound;     /* HOSTED: the processor that owns it */
-
-    /* Parking (native): set by the goroutine, acted upon by its processor's
-     * scheduler context once the goroutine's stack is no longer in use. */
-    int parkop;
+    /* Parking: set by the goroutine, acted upon by its processor's scheduler
+     * context once the goroutine's stack is no longer in use. */
     void (*unlockf)(void *);
     void *unlockarg;
+} weft_gnative;
+
+struct weft_g {
+    int64_t id;
+    atomic_int state;     /* enum weft_gstate */
+    int kind;             /* enum weft_gkind */
+    weft_gnative *nat;    /* NATIVE: stack and context (kept across reuse) */
+    weft_g *schedlink;    /* global run queue, inbox, bound queue, free list */
+    weft_proc *bound;     /* HOSTED: the processor that owns it */
+    int parkop;           /* enum weft_parkop: what the scheduler does next */
 
     /* Waiting. */
     const char *wait_reason;

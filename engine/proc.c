@@ -138,6 +138,16 @@ static void nothing_cb(struct ev_loop *loop, void *w, int revents) {
 
 static void g_entry(void *arg);
 
+static void g_native_free(weft_g *g) {
+    weft_gnative *n = g->nat;
+    if (!n)
+        return;
+    weft_ctx_destroy(&n->ctx);
+    weft_stack_free(&n->stack);
+    free(n);
+    g->nat = NULL;
+}
+
 static weft_g *g_alloc_struct(void) {
     weft_g *g = calloc(1, sizeof *g);
     if (!g)
@@ -210,10 +220,8 @@ static void g_put(weft_proc *p, weft_g *g) {
         weft_g *x = p->gfree;
         p->gfree = x->schedlink;
         p->ngfree--;
-        if (weft_S.ngfree >= 4096 && x->stack.base) {
-            weft_ctx_destroy(&x->ctx);
-            weft_stack_free(&x->stack);
-        }
+        if (weft_S.ngfree >= 4096 && x->nat)
+            g_native_free(x);
         x->schedlink = weft_S.gfree;
         weft_S.gfree = x;
         weft_S.ngfree++;
@@ -227,25 +235,32 @@ static weft_g *g_new(weft_proc *p, int kind, void (*fn)(void *), void *arg) {
     if (!g)
         return NULL;
     if (kind == WEFT_G_NATIVE) {
-        if (g->stack.base && g->stack.size != weft_stack_round(weft_S.stack_size)) {
-            weft_ctx_destroy(&g->ctx);
-            weft_stack_free(&g->stack);
+        weft_gnative *n = g->nat;
+        if (n && n->stack.size != weft_stack_round(weft_S.stack_size)) {
+            g_native_free(g);
+            n = NULL;
         }
-        if (!g->stack.base && weft_stack_alloc(&g->stack, weft_S.stack_size) != 0) {
+        if (!n && (n = calloc(1, sizeof *n)) != NULL &&
+            weft_stack_alloc(&n->stack, weft_S.stack_size) != 0) {
+            free(n);
+            n = NULL;
+        }
+        if (!n) {
             g->schedlink = NULL;
             if (p)
                 g_put(p, g);
             return NULL;
         }
-        g->ctx.stack_lo = g->stack.lo;
-        g->ctx.stack_size = g->stack.size;
-        weft_ctx_init(&g->ctx, g_entry, g);
+        g->nat = n;
+        n->ctx.stack_lo = n->stack.lo;
+        n->ctx.stack_size = n->stack.size;
+        weft_ctx_init(&n->ctx, g_entry, g);
+        n->fn = fn;
+        n->arg = arg;
     }
     weft_g *cur = p ? p->curg : NULL;
     g->id = atomic_fetch_add(&weft_S.goidgen, 1) + 1;
     g->kind = kind;
-    g->fn = fn;
-    g->arg = arg;
     g->bound = NULL;
     g->host = NULL;
     g->schedlink = NULL;
@@ -375,10 +390,10 @@ void weft_park(const char *reason, void (*unlockf)(void *), void *arg) {
     weft_g *g = p->curg;
     g->wait_reason = reason;
     g->wait_since = weft_coarse_now();
-    g->unlockf = unlockf;
-    g->unlockarg = arg;
+    g->nat->unlockf = unlockf;
+    g->nat->unlockarg = arg;
     g->parkop = WEFT_PARK_WAIT;
-    weft_ctx_switch(&g->ctx, &p->g0, 0);
+    weft_ctx_switch(&g->nat->ctx, &p->g0, 0);
     /* Resumed, possibly on another processor: p is stale here. */
     g->wait_reason = NULL;
 }
@@ -404,18 +419,19 @@ void weft_yield(void) {
         return;
     weft_g *g = p->curg;
     g->parkop = WEFT_PARK_YIELD;
-    weft_ctx_switch(&g->ctx, &p->g0, 0);
+    weft_ctx_switch(&g->nat->ctx, &p->g0, 0);
 }
 
 static void engine_begin_stop(void);
 
 static void g_entry(void *arg) {
     weft_g *g = arg;
-    weft_ctx_entered(&g->ctx);
-    g->fn(g->arg);
+    weft_gnative *n = g->nat;
+    weft_ctx_entered(&n->ctx);
+    n->fn(n->arg);
     weft_proc *p = weft_proc_self();
     g->parkop = WEFT_PARK_EXIT;
-    weft_ctx_switch(&g->ctx, &p->g0, 1);
+    weft_ctx_switch(&n->ctx, &p->g0, 1);
     abort(); /* a dead goroutine is never resumed */
 }
 
@@ -437,8 +453,8 @@ static void after_switch(weft_proc *p, weft_g *g) {
          * before returning (it may even be runnable again by now). */
         if (native) {
             atomic_store_explicit(&g->state, WEFT_G_WAITING, memory_order_release);
-            if (g->unlockf)
-                g->unlockf(g->unlockarg);
+            if (g->nat->unlockf)
+                g->nat->unlockf(g->nat->unlockarg);
         }
         break;
     case WEFT_PARK_YIELD:
@@ -499,7 +515,7 @@ static void execute(weft_proc *p, weft_g *g) {
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
     weft_stat_inc(&p->st_switches);
     if (g->kind == WEFT_G_NATIVE)
-        weft_ctx_switch(&p->g0, &g->ctx, 0);
+        weft_ctx_switch(&p->g0, &g->nat->ctx, 0);
     else
         weft_S.host.run(p, g);
     p->curg = NULL;
@@ -811,8 +827,7 @@ static void engine_teardown(void) {
         }
         if (alive && g->kind == WEFT_G_HOSTED && g->host && weft_S.host.discard)
             weft_S.host.discard(g);
-        weft_ctx_destroy(&g->ctx);
-        weft_stack_free(&g->stack);
+        g_native_free(g);
         free(g->wbuf);
         free(g);
     }
