@@ -6,6 +6,7 @@
 #   make tsan       the same tests under ThreadSanitizer
 #   make soak       the long stress run
 #   make bench      benchmarks against Go, side by side
+#   make bench-results  the same, written to bench/RESULTS.md
 #   make deps       install missing Debian packages (root) or print the command
 
 CC      ?= cc

@@ -28,6 +28,12 @@
 #   BENCH_ONLY     if set, a regular expression: only benchmarks whose name
 #                  matches it are run
 #   BENCH_TABLE    the table to run (default bench/benchmarks.txt)
+#   BENCH_TSV      if set, a file that receives one line per benchmark run,
+#                  name<TAB>second<TAB>weft median<TAB>second median<TAB>ratio
+#                  where second is "go" or "procs=K" (a scaling row), the
+#                  ratio is unrounded, FAILED stands for a missing number
+#                  and n/a for a ratio with a zero median
+#                  (bench/results.sh reads it)
 #   BUILD          build directory (default build)
 #
 # Exits 0 if every benchmark ran on both sides, non-zero otherwise.
@@ -43,6 +49,7 @@ PROCS=${BENCH_PROCS:-2}
 TIMEOUT=${BENCH_TIMEOUT:-120}
 ONLY=${BENCH_ONLY:-}
 TABLE=${BENCH_TABLE:-bench/benchmarks.txt}
+TSV=${BENCH_TSV:-}
 
 die() { echo "bench: $*" >&2; exit 1; }
 
@@ -50,6 +57,7 @@ die() { echo "bench: $*" >&2; exit 1; }
 [[ $PROCS =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROCS must be a positive integer, not '$PROCS'"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "BENCH_TIMEOUT must be a positive integer, not '$TIMEOUT'"
 [[ -f $TABLE ]] || die "$TABLE not found"
+if [[ -n $TSV ]]; then : >"$TSV" || die "cannot write BENCH_TSV file '$TSV'"; fi
 
 if ! command -v go >/dev/null 2>&1; then
     echo "bench: the Go toolchain is needed for the Go twins; install it with:" >&2
@@ -128,9 +136,8 @@ median() {
 }
 
 # ---- header -------------------------------------------------------------------
-cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-[[ -n $cpu ]] || cpu=$(awk -F': *' '/^(Hardware|Processor|cpu model)/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-[[ -n $cpu ]] || cpu=unknown
+. bench/machine.sh
+cpu=$(bench_cpu_model)
 echo "weft benchmarks: $(date '+%Y-%m-%d %H:%M:%S %Z') | $(uname -m), nproc $(nproc), CPU: $cpu | $(go version | awk '{print $3}') | procs $PROCS, $RUNS runs each"
 
 export WEFT_PROCS=$PROCS GOMAXPROCS=$PROCS
@@ -169,7 +176,7 @@ while IFS= read -r line || [[ -n $line ]]; do
         ((wfail && gfail)) && break
     done
 
-    w=FAILED g=FAILED ratio=FAILED speedup=FAILED
+    w=FAILED g=FAILED ratio=FAILED speedup=FAILED exact=FAILED
     ((wfail)) || w=$(median "${wv[@]}")
     ((gfail)) || g=$(median "${gv[@]}")
     if ((wfail || gfail)); then
@@ -198,6 +205,11 @@ while IFS= read -r line || [[ -n $line ]]; do
     else
         names+=("$name") weft_med+=("$w") go_med+=("$g")
         row_ratio+=("$ratio")
+    fi
+    if [[ -n $TSV ]]; then
+        second=go
+        [[ -n $base ]] && second=procs=$base
+        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$second" "$w" "$g" "$exact" >>"$TSV"
     fi
 done <"$TABLE"
 
