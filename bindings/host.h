@@ -50,6 +50,10 @@ typedef struct hostg {
         int64_t k;
         const char *reason;
     } sema;
+    struct {          /* an fd readiness wait (io.c) */
+        int fd, events;
+        int64_t timeout; /* ns, < 0: none */
+    } io;
     int ncases, capcases;
     struct hostg *next; /* free list */
 } hostg;
@@ -60,7 +64,8 @@ enum {
     WEFT_HOSTOP_RECV,
     WEFT_HOSTOP_SELECT,
     WEFT_HOSTOP_SLEEP,
-    WEFT_HOSTOP_SEMA
+    WEFT_HOSTOP_SEMA,
+    WEFT_HOSTOP_IO
 };
 
 /* The calling goroutine's hostg, NULL outside a Lua goroutine. */

@@ -615,6 +615,10 @@ top:
         return NULL;
     p->schedtick++;
     check_timers(p);
+    /* fd waiters (poll.c): a busy processor never sleeps in ev_run, so it
+     * polls its loop without blocking now and then to wake them. */
+    if (p->niowait && p->schedtick % 61 == 0)
+        weft_io_poll(p);
     if (atomic_load_explicit(&p->inboxn, memory_order_relaxed))
         inbox_drain(p);
     if (p->schedtick % 61 == 0 && global_nonempty() && (g = global_get(p, 1)))
@@ -623,6 +627,9 @@ top:
         return g;
     if (global_nonempty() && (g = global_get(p, 0)))
         return g;
+    /* Nothing local: fds that became ready wake their goroutines here. */
+    if (weft_io_poll(p))
+        goto top;
 
     if (weft_S.nprocs > 1 &&
         (p->spinning || 2 * atomic_load(&weft_S.nspinning) <
@@ -757,6 +764,7 @@ static int engine_init(const weft_config *cfg) {
     weft_S.ngfree = 0;
     atomic_store(&weft_S.ngoroutines, 0);
     atomic_store(&weft_S.goidgen, 0); /* main is goroutine 1, as in Go */
+    atomic_store(&weft_S.npollwait, 0);
     weft_S.main_g = NULL;
     weft_S.stack_size = ss;
     weft_S.procs = calloc((size_t)n, sizeof *weft_S.procs);
@@ -809,6 +817,7 @@ static void engine_teardown(void) {
             else
                 weft_waiter_withdraw(&g->waiting[k]);
         }
+        weft_io_teardown(g); /* its watchers, before the loops go */
         if (alive && g->kind == WEFT_G_HOSTED && g->host && weft_S.host.discard)
             weft_S.host.discard(g);
         weft_ctx_destroy(&g->ctx);
