@@ -45,6 +45,11 @@
  *    inbox pushers set inboxn then read `sleeping` (both seq_cst), and send
  *    the ev_async if it is set: one of the two always sees the other.
  *
+ * Fd waiters (poll.c): their ev_io watchers are on their processor's loop;
+ * the callbacks (which weft_ready() the goroutine) run in ev_run, on g0:
+ * in proc_sleep, and, while the processor has fd waiters, in a
+ * non-blocking poll when it finds nothing local and every 61 ticks.
+ *
  * Lock order: a channel lock (chan.c) or timer lock (timer.c) may be held
  * while weft_ready() takes p->inboxlock or sched.lock; sched.lock and
  * inboxlock are leaves. g0 never holds a lock across a goroutine switch.

@@ -120,9 +120,11 @@ local function format_addr()
   return ffi_string(ntop) .. ":" .. port
 end
 
-local function sock_addr(fd, getname)
+-- The address of obj's socket (getname: C.getsockname or C.getpeername).
+local function sock_addr(obj, getname)
+  if obj.fd < 0 then return nil, "closed" end
   salen[0] = 128
-  if getname(fd, ffi.cast("struct sockaddr *", sa), salen) ~= 0 then
+  if getname(obj.fd, ffi.cast("struct sockaddr *", sa), salen) ~= 0 then
     return nil, strerror(errno())
   end
   return format_addr()
@@ -324,14 +326,12 @@ end
 
 function Conn:local_addr()
   check_conn(self, "local_addr")
-  if self.fd < 0 then return nil, "closed" end
-  return sock_addr(self.fd, C.getsockname)
+  return sock_addr(self, C.getsockname)
 end
 
 function Conn:remote_addr()
   check_conn(self, "remote_addr")
-  if self.fd < 0 then return nil, "closed" end
-  return sock_addr(self.fd, C.getpeername)
+  return sock_addr(self, C.getpeername)
 end
 
 -- ---- listeners -------------------------------------------------------------------
@@ -396,8 +396,7 @@ end
 
 function Listener:addr()
   check_listener(self, "addr")
-  if self.fd < 0 then return nil, "closed" end
-  return sock_addr(self.fd, C.getsockname)
+  return sock_addr(self, C.getsockname)
 end
 
 function Listener:close()
