@@ -147,6 +147,11 @@ int weft_hostg_start(hostg *h) {
         if (rc != WEFT_PENDING)
             h->oprc = WL_DONE;
         break;
+    case WEFT_HOSTOP_IO: /* io.c: arguments checked when recorded */
+        rc = weft_io_wait_start(h->opnd.io.fd, h->opnd.io.events, h->opnd.io.timeout);
+        if (rc != WEFT_PENDING)
+            h->oprc = rc;
+        break;
     case WEFT_HOSTOP_SLEEP: /* no finish: done here */
         rc = weft_sleep_start(h->opnd.sleepns);
         h->op = WEFT_HOSTOP_NONE;

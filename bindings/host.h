@@ -59,6 +59,10 @@ typedef struct hostg {
             int64_t k;
             const char *reason;
         } sema;
+        struct {         /* IO: an fd readiness wait (io.c) */
+            int fd, events;
+            int64_t timeout; /* ns, < 0: none */
+        } io;
     } opnd;
     struct hostg *next; /* free list */
 } hostg;
@@ -69,7 +73,8 @@ enum {
     WEFT_HOSTOP_RECV,
     WEFT_HOSTOP_SELECT,
     WEFT_HOSTOP_SLEEP,
-    WEFT_HOSTOP_SEMA
+    WEFT_HOSTOP_SEMA,
+    WEFT_HOSTOP_IO
 };
 
 /* The calling goroutine's hostg, NULL outside a Lua goroutine. */

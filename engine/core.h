@@ -123,6 +123,18 @@ typedef struct weft_theap_ent {
     struct weft_timer *t;
 } weft_theap_ent;
 
+/* ---- fd readiness waits (poll.c) -------------------------------------------
+ * A goroutine parked on an fd: an ev_io (and an optional ev_timer) on the
+ * loop of the processor it parked on, touched only by that processor's
+ * thread; linked in that processor's list so a close can wake it. */
+typedef struct weft_iowait {
+    ev_io io;
+    ev_timer tm;
+    weft_proc *p;                   /* the loop holding the watchers; NULL: idle */
+    struct weft_iowait *next, *prev; /* p->iowaiters (owner only) */
+    int result;                     /* WEFT_OK, WEFT_EAGAIN (timeout), WEFT_ECLOSED */
+} weft_iowait;
+
 /* ---- goroutine ----------------------------------------------------------- */
 
 /* What only a native goroutine needs: its C stack, saved context and entry.
@@ -160,6 +172,7 @@ struct weft_g {
     atomic_int selectdone;    /* select: 0 until a waker claims the goroutine */
     weft_waiter *param;       /* the waiter that won (written before weft_ready) */
     struct weft_timer sleept; /* weft_sleep */
+    weft_iowait *iow;         /* fd readiness wait (poll.c): made on first use, kept */
 
     int64_t parent_id;        /* creator */
     void *host;               /* HOSTED: host data */
@@ -210,6 +223,10 @@ struct weft_proc {
     bool spinning;
     uint32_t schedtick;
     uint64_t rng;
+
+    /* Goroutines parked on fds with watchers on this loop (poll.c); owner only. */
+    weft_iowait *iowaiters;
+    int niowait;
 
     /* Free goroutines (with their stacks) for reuse. */
     weft_g *gfree;
@@ -274,6 +291,11 @@ int weft_sleep_start(int64_t ns); /* PENDING, or OK when ns <= 0 (the host yield
 /* OK (taken at once), PENDING (parked with wait reason `reason`), EINVAL. */
 int weft_sema_acquire_start(weft_sema *s, int64_t k, const char *reason);
 int weft_sema_acquire_finish(void); /* OK: the units are the goroutine's */
+/* Parks on fd readiness (events: WEFT_IO_READ|WEFT_IO_WRITE) with watchers on
+ * the current processor's loop, at most timeout_ns (< 0: no limit); wait
+ * reason "IO wait". PENDING, or EINVAL/ENOTG. */
+int weft_io_wait_start(int fd, int events, int64_t timeout_ns);
+int weft_io_wait_finish(void); /* OK (ready), EAGAIN (timed out), ECLOSED */
 
 /* ---- the scheduler ------------------------------------------------------- */
 
@@ -300,6 +322,7 @@ typedef struct weft_sched {
 
     _Atomic int64_t ngoroutines;
     _Atomic int64_t goidgen;
+    atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */
     weft_g *main_g;
     weft_host host;
 } weft_sched;
@@ -338,6 +361,10 @@ void weft_chan_set_timer(weft_chan *c, struct weft_timer *t);
 
 /* sema.c */
 void weft_sema_withdraw(weft_waiter *w); /* teardown: unlink if still queued */
+
+/* poll.c */
+bool weft_io_poll(weft_proc *p);     /* owner: runs ready fd callbacks without blocking */
+void weft_io_teardown(weft_g *g);    /* engine stop: drop g's fd wait, if any */
 
 /* timer.c */
 void weft_timers_run(weft_proc *p, int64_t now);

@@ -45,6 +45,11 @@
  *    inbox pushers set inboxn then read `sleeping` (both seq_cst), and send
  *    the ev_async if it is set: one of the two always sees the other.
  *
+ * Fd waiters (poll.c): their ev_io watchers are on their processor's loop;
+ * the callbacks (which weft_ready() the goroutine) run in ev_run, on g0:
+ * in proc_sleep, and, while the processor has fd waiters, in a
+ * non-blocking poll when it finds nothing local and every 61 ticks.
+ *
  * Lock order: a channel lock (chan.c) or timer lock (timer.c) may be held
  * while weft_ready() takes p->inboxlock or sched.lock; sched.lock and
  * inboxlock are leaves. g0 never holds a lock across a goroutine switch.
@@ -631,6 +636,10 @@ top:
         return NULL;
     p->schedtick++;
     check_timers(p);
+    /* fd waiters (poll.c): a busy processor never sleeps in ev_run, so it
+     * polls its loop without blocking now and then to wake them. */
+    if (p->niowait && p->schedtick % 61 == 0)
+        weft_io_poll(p);
     if (atomic_load_explicit(&p->inboxn, memory_order_relaxed))
         inbox_drain(p);
     if (p->schedtick % 61 == 0 && global_nonempty() && (g = global_get(p, 1)))
@@ -639,6 +648,9 @@ top:
         return g;
     if (global_nonempty() && (g = global_get(p, 0)))
         return g;
+    /* Nothing local: fds that became ready wake their goroutines here. */
+    if (weft_io_poll(p))
+        goto top;
 
     if (weft_S.nprocs > 1 &&
         (p->spinning || 2 * atomic_load(&weft_S.nspinning) <
@@ -773,6 +785,7 @@ static int engine_init(const weft_config *cfg) {
     weft_S.ngfree = 0;
     atomic_store(&weft_S.ngoroutines, 0);
     atomic_store(&weft_S.goidgen, 0); /* main is goroutine 1, as in Go */
+    atomic_store(&weft_S.npollwait, 0);
     weft_S.main_g = NULL;
     weft_S.stack_size = ss;
     weft_S.procs = calloc((size_t)n, sizeof *weft_S.procs);
@@ -825,6 +838,7 @@ static void engine_teardown(void) {
             else
                 weft_waiter_withdraw(&g->waiting[k]);
         }
+        weft_io_teardown(g); /* its watchers, before the loops go */
         if (alive && g->kind == WEFT_G_HOSTED && g->host && weft_S.host.discard)
             weft_S.host.discard(g);
         g_native_free(g);

@@ -319,6 +319,24 @@ int64_t weft_atomic_add(weft_atomic *a, int64_t d);
 int64_t weft_atomic_swap(weft_atomic *a, int64_t v);
 int weft_atomic_cas(weft_atomic *a, int64_t old, int64_t v);
 
+/* ---- fd readiness (the netpoller) ------------------------------------------
+ * A goroutine waits for a non-blocking fd to become readable or writable
+ * without blocking its processor: the wait is an ev_io on the loop of the
+ * processor it parks on. */
+
+enum { WEFT_IO_READ = 1, WEFT_IO_WRITE = 2 };
+
+/* Parks the calling native goroutine until fd is ready for `events`
+ * (WEFT_IO_READ and/or WEFT_IO_WRITE), at most `timeout` seconds (< 0: no
+ * limit). WEFT_OK: ready (or an error or hang-up is pending: the next read
+ * or write tells); WEFT_EAGAIN: timed out; WEFT_ECLOSED: woken by
+ * weft_io_wake_closed; WEFT_EINVAL, WEFT_ENOTG. */
+int weft_io_wait(int fd, int events, double timeout);
+/* Wakes, with WEFT_ECLOSED, the goroutines parked on fd that parked on the
+ * calling processor (all goroutines of a Lua isolate run on one); call it
+ * before close(fd). Returns how many were woken. */
+int weft_io_wake_closed(int fd);
+
 /* ---- statistics ---------------------------------------------------------- */
 
 typedef struct weft_proc_stats {

@@ -695,9 +695,10 @@ function coroutine.wrap(fn)
   end
 end
 
--- ---- submodules loaded on first use (weft.context, weft.sync, weft.errgroup) ------
+-- ---- submodules loaded on first use (weft.context, weft.sync, weft.errgroup, weft.io) --
 
-local lazy = { context = "weft.context", sync = "weft.sync", errgroup = "weft.errgroup" }
+local lazy = { context = "weft.context", sync = "weft.sync", errgroup = "weft.errgroup",
+               io = "weft.io" }
 setmetatable(weft, {
   __index = function(t, k)
     local name = lazy[k]
