@@ -228,6 +228,154 @@ describe("weft.net", function()
     end)
   end)
 
+  it("fails reads and writes at once when their deadline has passed, even with data at hand", function()
+    run(function()
+      local ln = assert(net.listen("tcp", "127.0.0.1:0"))
+      local c = assert(net.dial("tcp", ln:addr()))
+      local s = assert(ln:accept())
+      assert(s:write("data\nmore"))
+      assert.is_true(weft.io.wait(c.fd, "r"))
+      c:set_read_deadline(weft.now() - 1)
+      assert.are.same({ nil, "timeout" }, { c:read(10) })
+      assert.are.same({ nil, "timeout" }, { c:read_line() })
+      c:set_write_deadline(weft.now() - 1)
+      assert.are.same({ nil, "timeout", 0 }, { c:write("x") })
+      assert.are.same({ nil, "timeout", 0 }, { c:write("") })
+      -- nothing was lost, and clearing the deadlines makes it usable again
+      c:set_deadline(nil)
+      assert.are.equal("data", c:read_line())
+      assert.are.equal("more", c:read(10))
+      assert.are.equal(1, c:write("x"))
+      assert.are.equal(0, c:write(""))
+      assert.are.equal("x", s:read(10))
+      c:close(); s:close(); ln:close()
+    end)
+  end)
+
+  it("says closed after close, also with data already buffered", function()
+    run(function()
+      local ln = assert(net.listen("tcp", "127.0.0.1:0"))
+      local c = assert(net.dial("tcp", ln:addr()))
+      local s = assert(ln:accept())
+      assert(s:write("a\nb\nc"))
+      assert.are.equal("a", c:read_line())
+      assert.is_true(c:close())
+      assert.are.same({ nil, "closed" }, { c:read(10) })
+      assert.are.same({ nil, "closed" }, { c:read_line() })
+      assert.are.same({ nil, "closed", 0 }, { c:write("") })
+      assert.are.same({ nil, "closed", 0 }, { c:write("x") })
+      assert.are.same({ nil, "closed" }, { c:close() })
+      assert.are.same({ nil, "closed" }, { c:local_addr() })
+      s:close(); ln:close()
+    end)
+  end)
+
+  it("wakes a blocked read with closed, not with data of a socket that reuses the fd", function()
+    -- one processor: no other thread takes fds (loading a VM's modules)
+    for _ = 1, 20 do
+      weft.run({ procs = 1, timeout = 60 }, function()
+        local ln = assert(net.listen("tcp", "127.0.0.1:0"))
+        local c = assert(net.dial("tcp", ln:addr()))
+        local s = assert(ln:accept())
+        local res = weft.chan(1)
+        weft.go(function() res:send({ c:read(5) }) end)
+        weft.yield()
+        local fd = c.fd
+        assert.is_true(c:close())
+        -- a new socket gets the freed fd number (made readable by a
+        -- pending connection) before the reader runs
+        local ln2, others = nil, {}
+        for _ = 1, 16 do
+          local x = assert(net.listen("tcp", "127.0.0.1:0"))
+          if x.fd == fd then ln2 = x break end
+          others[#others + 1] = x
+        end
+        assert(ln2, "the fd number was not reused")
+        local d = assert(net.dial("tcp", ln2:addr()))
+        assert.are.same({ nil, "closed" }, res:recv())
+        local t = assert(ln2:accept())
+        assert(t:write("fresh"))
+        assert.are.equal("fresh", d:read(5))
+        for _, x in ipairs(others) do x:close() end
+        d:close(); t:close(); s:close(); ln2:close(); ln:close()
+      end)
+    end
+  end)
+
+  it("reads lines of several MB, with \r\n split across reads, and an unterminated last one", function()
+    local long = ("0123456789abcdef"):rep(256 * 1024) -- 4 MB
+    local got = run(function()
+      local ln = assert(net.listen("tcp", "127.0.0.1:0"))
+      local c = assert(net.dial("tcp", ln:addr()))
+      local s = assert(ln:accept())
+      weft.go(function()
+        assert(s:write(long .. "\r"))
+        weft.yield()
+        assert(s:write("\nshort\r\n" .. long .. "\n\n" .. long))
+        s:close()
+      end)
+      local lines = {}
+      while true do
+        local l, err = c:read_line()
+        if not l then
+          assert.are.equal("EOF", err)
+          break
+        end
+        lines[#lines + 1] = l
+      end
+      c:close(); ln:close()
+      return lines
+    end)
+    assert.are.equal(5, #got)
+    assert.is_true(got[1] == long and got[3] == long and got[5] == long)
+    assert.are.equal("short", got[2])
+    assert.are.equal("", got[4])
+  end)
+
+  -- The lowest free fd (what the next socket gets) and an address where
+  -- nobody listens.
+  local function lowest_free_fd()
+    collectgarbage(); collectgarbage()
+    local ln = assert(net.listen("tcp", "127.0.0.1:0"))
+    local fd, addr = ln.fd, ln:addr()
+    ln:close()
+    return fd, addr
+  end
+
+  it("times dials out, closing their sockets", function()
+    weft.run({ procs = 1, timeout = 60 }, function() -- no other thread takes fds
+      local ffi = require "ffi"
+      pcall(ffi.cdef, "int listen(int fd, int backlog);")
+      local ln = assert(net.listen("tcp", "127.0.0.1:0"))
+      -- a listener that never accepts, with the smallest backlog: once it
+      -- is full, the handshakes of further dials are not answered
+      assert.are.equal(0, ffi.C.listen(ln.fd, 0))
+      local first = assert(net.dial("tcp", ln:addr()))
+      local fd = lowest_free_fd()
+      for _ = 1, 3 do
+        assert.are.same({ nil, "timeout" }, { net.dial("tcp", ln:addr(), 0.05) })
+      end
+      assert.are.same({ nil, "timeout" }, { net.dial("tcp", ln:addr(), 0) })
+      assert.are.equal(fd, (lowest_free_fd()))
+      first:close(); ln:close()
+    end)
+  end)
+
+  it("closes the socket of a dial that cannot wait", function()
+    weft.run({ procs = 1, timeout = 60 }, function() -- no other thread takes fds
+      local fd, addr = lowest_free_fd()
+      for _ = 1, 3 do
+        assert.has_error(function()
+          table.sort({ 1, 2 }, function() return net.dial("tcp", addr) end)
+        end, "cannot block here: table.sort comparator")
+      end
+      assert.are.equal(fd, (lowest_free_fd()))
+    end)
+    local ok, err = pcall(net.dial, "tcp", "127.0.0.1:1")
+    assert.is_false(ok)
+    assert.matches("weft.net.dial: not inside a goroutine", err)
+  end)
+
   it("refuses to send connections and listeners to another isolate", function()
     run(function()
       local ln = assert(net.listen("tcp", "127.0.0.1:0"))
@@ -316,6 +464,46 @@ describe("weft.io", function()
       print(table.concat(lens, " "), ticks > 5)']])
     assert.are.equal(0, code)
     assert.are.equal("a=1 bb=2 ccc=3 last=4\ttrue\n", out)
+  end)
+
+  it("never reads a pipe that another reader emptied first (the read would block the processor)", function()
+    -- Two line readers on one blocking pipe, both woken by the same data on
+    -- one processor: the one that runs second must wait again, not read.
+    -- If it read, the processor would block and the writer never resume.
+    local out, code = sh([[timeout 10 build/weft -p 1 -e '
+      local weft, ffi = require "weft", require "ffi"
+      ffi.cdef "int pipe(int fds[2]); long write(int fd, const char *s, unsigned long n); int close(int fd);"
+      local fds = ffi.new("int[2]")
+      assert(ffi.C.pipe(fds) == 0)
+      local seen = {}
+      for _ = 1, 2 do
+        weft.go(function()
+          for l in weft.io.lines(fds[0]) do seen[#seen + 1] = l end
+          seen[#seen + 1] = "EOF"
+        end)
+      end
+      -- main stays runnable (yields), so both readers are woken by one
+      -- poll and queued behind it
+      for i, l in ipairs { "a", "b", "c" } do
+        ffi.C.write(fds[1], l .. "\n", 2)
+        while #seen < i do weft.yield() end
+      end
+      ffi.C.close(fds[1])
+      while #seen < 5 do weft.yield() end
+      print(table.concat(seen, " "))']])
+    assert.are.equal("a b c EOF EOF\n", out)
+    assert.are.equal(0, code)
+  end)
+
+  it("reads lines of several MB from a pipe, and a last one without newline", function()
+    local out, code = sh([[(head -c 5000000 /dev/zero | tr '\0' x; printf '\n\nshort\n'; ]]
+      .. [[head -c 3000000 /dev/zero | tr '\0' y) | build/weft -e '
+      local weft = require "weft"
+      local lens = {}
+      for l in weft.io.lines(0) do lens[#lens + 1] = #l .. l:sub(1, 1) end
+      print(table.concat(lens, " "))']])
+    assert.are.equal(0, code)
+    assert.are.equal("5000000x 0 5s 3000000y\n", out)
   end)
 
   it("reads lines from stdin redirected from a file", function()

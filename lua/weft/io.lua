@@ -26,7 +26,7 @@ local C = ffi.C
 local co_yield, co_isyieldable = coroutine.yield, coroutine.isyieldable
 local OP, CANNOT = core.OP, core.CANNOT
 local type, error, tostring, floor = type, error, tostring, math.floor
-local find, sub = string.find, string.sub
+local find, sub, concat = string.find, string.sub, table.concat
 local cannot_block_here = weft._cannot_block
 
 -- Each declaration on its own: one that the program already made (with the
@@ -120,19 +120,23 @@ local function readable_now(fd)
   return C.poll(pfd, 1, 0) > 0
 end
 
--- The next chunk read from fd: a string, or nil at EOF.
+-- The next chunk read from fd: a string, or nil at EOF. fd may be blocking
+-- (stdin), so it is read only when poll says so, also after a wait: a
+-- wake-up does not mean the data is still there (another reader of the
+-- pipe may have taken it), and a read of an empty pipe would block the
+-- processor.
 local function read_chunk(fd)
   while true do
-    if not readable_now(fd) then
-      local rc = wait(fd, 1, -1, "weft.io.lines", 3)
-      if rc == CLOSED then return nil end
-    end
-    local n = tonumber(C.read(fd, scratch, CHUNK))
-    if n > 0 then return ffi.string(scratch, n) end
-    if n == 0 then return nil end
-    local e = ffi.errno()
-    if e ~= EINTR and e ~= EAGAIN then
-      error("weft.io.lines: " .. io._strerror(e), 3)
+    if readable_now(fd) then
+      local n = tonumber(C.read(fd, scratch, CHUNK))
+      if n > 0 then return ffi.string(scratch, n) end
+      if n == 0 then return nil end
+      local e = ffi.errno()
+      if e ~= EINTR and e ~= EAGAIN then
+        error("weft.io.lines: " .. io._strerror(e), 3)
+      end
+    elseif wait(fd, 1, -1, "weft.io.lines", 3) == CLOSED then
+      return nil
     end
   end
 end
@@ -140,28 +144,37 @@ end
 function io.lines(fd)
   check_fd(fd, "weft.io.lines")
   local buf, pos, eof = "", 1, false
+  -- The pieces of a line longer than what one read brings, joined once at
+  -- its end (appending each chunk to the rest would copy it again and again).
+  local parts, nparts = {}, 0
+  local function joined(last)
+    nparts = nparts + 1
+    parts[nparts] = last
+    local line = concat(parts, "", 1, nparts)
+    for i = 1, nparts do parts[i] = nil end
+    nparts = 0
+    return line
+  end
   return function()
     while true do
       local nl = find(buf, "\n", pos, true)
       if nl then
         local line = sub(buf, pos, nl - 1)
         pos = nl + 1
+        if nparts > 0 then return joined(line) end
         return line
       end
+      if pos <= #buf then
+        nparts = nparts + 1
+        parts[nparts] = sub(buf, pos)
+      end
+      buf, pos = "", 1
       if eof then
-        if pos <= #buf then
-          local line = sub(buf, pos)
-          buf, pos = "", 1
-          return line
-        end
+        if nparts > 0 then return joined("") end
         return nil
       end
       local chunk = read_chunk(fd)
-      if chunk then
-        buf, pos = sub(buf, pos) .. chunk, 1
-      else
-        eof = true
-      end
+      if chunk then buf = chunk else eof = true end
     end
   end
 end

@@ -23,10 +23,14 @@
 --   conn:write(s) -> #s | nil, err, written
 --       writes all of s, parking while the socket buffer is full.
 --   conn:close() -> true | nil, "closed"
+--       after it, every call returns nil, "closed" (data read but not yet
+--       taken is dropped).
 --   conn:set_deadline(t), conn:set_read_deadline(t), conn:set_write_deadline(t)
 --       t: absolute, on the weft.now() clock, or nil for none. A read or
 --       write not done by then returns nil, "timeout" (the connection stays
---       usable); a wait already parked keeps the deadline it started with.
+--       usable, nothing read is lost); once t has passed, reads (or writes)
+--       fail at once, even with data at hand, until the deadline is moved.
+--       A wait already parked keeps the deadline it started with.
 --   conn:local_addr(), conn:remote_addr() -> "host:port"
 --
 -- Listeners and connections belong to the isolate that made them: any
@@ -44,7 +48,7 @@ local bit = require "bit"
 
 local C = ffi.C
 local type, error, tostring, tonumber, setmetatable = type, error, tostring, tonumber, setmetatable
-local floor, min = math.floor, math.min
+local floor, min, concat = math.floor, math.min, table.concat
 local find, sub, match, byte = string.find, string.sub, string.match, string.byte
 local ffi_string, errno = ffi.string, ffi.errno
 local wait_until, strerror = wio._wait_until, wio._strerror
@@ -208,11 +212,21 @@ local function check_conn(c, what)
   end
 end
 
+-- Why c cannot be read now ("closed", "timeout": its read deadline has
+-- passed), or nil.
+local function read_refused(c)
+  if c.fd < 0 then return "closed" end
+  local dl = c.rdl
+  if dl and now() >= dl then return "timeout" end
+  return nil
+end
+
 -- Reads once into scratch (parking until readable): n > 0, or nil, err.
 local function recv_some(c, n)
   while true do
+    local err = read_refused(c)
+    if err then return nil, err end
     local fd = c.fd
-    if fd < 0 then return nil, "closed" end
     local got = tonumber(C.recv(fd, scratch, min(n, CHUNK), 0))
     if got > 0 then return got end
     if got == 0 then return nil, "EOF" end
@@ -231,6 +245,8 @@ function Conn:read(n)
   if type(n) ~= "number" or n < 1 or n ~= floor(n) then
     error("bad argument #1 to 'read' (n must be a positive integer, got " .. tostring(n) .. ")", 2)
   end
+  local err = read_refused(self)
+  if err then return nil, err end
   local rbuf = self.rbuf
   if rbuf ~= "" then
     if #rbuf <= n then
@@ -240,24 +256,63 @@ function Conn:read(n)
     self.rbuf = sub(rbuf, n + 1)
     return sub(rbuf, 1, n)
   end
-  local got, err = recv_some(self, n)
+  local got
+  got, err = recv_some(self, n)
   if not got then return nil, err end
   return ffi_string(scratch, got)
 end
 
+-- The line ending at nl in s (without "\r\n" or "\n"), the rest of s kept.
+local function take_line(c, s, nl)
+  c.rbuf = sub(s, nl + 1)
+  return sub(s, 1, nl > 1 and byte(s, nl - 1) == 13 and nl - 2 or nl - 1)
+end
+
+-- read_line for a line longer than a chunk: its pieces are gathered in a
+-- table and joined once (appending each chunk to the buffer would copy the
+-- line again for every chunk). On an error the pieces go back to the buffer.
+local function read_long_line(c, head)
+  local parts, n = { head }, 1
+  while true do
+    local got, err = recv_some(c, CHUNK)
+    if not got then
+      local rest = concat(parts, "", 1, n)
+      if err == "EOF" then
+        c.rbuf = ""
+        return rest
+      end
+      if c.fd >= 0 then c.rbuf = rest end
+      return nil, err
+    end
+    local chunk = ffi_string(scratch, got)
+    local nl = find(chunk, "\n", 1, true)
+    if nl then
+      c.rbuf = sub(chunk, nl + 1)
+      n = n + 1
+      parts[n] = sub(chunk, 1, nl - 1)
+      local line = concat(parts, "", 1, n)
+      -- the "\r" of a "\r\n" (it may end the previous piece)
+      if byte(line, -1) == 13 then line = sub(line, 1, -2) end
+      return line
+    end
+    n = n + 1
+    parts[n] = chunk
+  end
+end
+
 function Conn:read_line()
   check_conn(self, "read_line")
+  local err = read_refused(self)
+  if err then return nil, err end
   local from = 1
   while true do
     local rbuf = self.rbuf
     local nl = find(rbuf, "\n", from, true)
-    if nl then
-      self.rbuf = sub(rbuf, nl + 1)
-      local last = nl > 1 and byte(rbuf, nl - 1) == 13 and nl - 2 or nl - 1
-      return sub(rbuf, 1, last)
-    end
+    if nl then return take_line(self, rbuf, nl) end
+    if #rbuf >= CHUNK then return read_long_line(self, rbuf) end
     from = #rbuf + 1
-    local got, err = recv_some(self, CHUNK)
+    local got
+    got, err = recv_some(self, CHUNK)
     if not got then
       if err == "EOF" and rbuf ~= "" then
         self.rbuf = ""
@@ -276,12 +331,16 @@ function Conn:write(s)
   end
   local len, off = #s, 0
   local p = ffi.cast("const char *", s) -- s stays referenced: the pointer stays valid
-  while off < len do
+  while true do
     local fd = self.fd
     if fd < 0 then return nil, "closed", off end
+    local dl = self.wdl
+    if dl and now() >= dl then return nil, "timeout", off end
+    if len == 0 then return 0 end
     local n = tonumber(C.send(fd, p + off, len - off, MSG_NOSIGNAL))
     if n > 0 then
       off = off + n
+      if off == len then return len end
     else
       local e = errno()
       if e == EAGAIN then
@@ -292,11 +351,11 @@ function Conn:write(s)
       end
     end
   end
-  return len
 end
 
 function Conn:close()
   check_conn(self, "close")
+  self.rbuf = "" -- what was read but not taken is gone with the connection
   return close_fd(self)
 end
 
@@ -413,7 +472,13 @@ local function connect_to(ai, deadline)
   if C.connect(fd, ai.ai_addr, ai.ai_addrlen) == 0 then return fd end
   local e = errno()
   if e == EINPROGRESS or e == EINTR then
-    local rc = wait_until(fd, EV_WRITE, deadline or nil, "weft.net.dial", 3)
+    -- The wait raises outside a goroutine or where Lua cannot yield: the
+    -- socket is closed first.
+    local ok, rc = pcall(wait_until, fd, EV_WRITE, deadline or nil, "weft.net.dial", 4)
+    if not ok then
+      C.close(fd)
+      error(rc, 0)
+    end
     if rc == READY then
       intlen[0] = ffi.sizeof("int")
       if C.getsockopt(fd, SOL_SOCKET, SO_ERROR, intv, intlen) ~= 0 then
