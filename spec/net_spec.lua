@@ -451,19 +451,28 @@ describe("weft.io", function()
   end
 
   it("reads lines from a piped stdin without blocking its processor", function()
-    -- While main waits for stdin (the pipe stays open until sleep ends),
-    -- a goroutine on the same single processor keeps ticking.
-    local out, code = sh([[(printf 'a\nbb\n'; sleep 0.3; printf 'ccc\nlast') | build/weft -p 1 -e '
+    -- The writer stops after two lines until a goroutine on the same single
+    -- processor has ticked five times while main waits for stdin (it then
+    -- opens the fifo the writer waits on); were main's wait blocking the
+    -- processor, nothing would tick and the command would time out.
+    local fifo = os.tmpname()
+    os.remove(fifo)
+    assert(os.execute("mkfifo " .. fifo) == 0)
+    local out, code = sh([[(printf 'a\nbb\n'; timeout 20 cat ]] .. fifo .. [[ >/dev/null; printf 'ccc\nlast') |
+      timeout 20 build/weft -p 1 -e '
       local weft = require "weft"
-      local ticks = 0
-      local stop = false
-      weft.go(function() while not stop do ticks = ticks + 1; weft.sleep(0.01) end end)
+      local ticks, lines = 0, 0
+      weft.go(function()
+        while lines < 2 do weft.yield() end
+        for _ = 1, 5 do weft.sleep(0.001); ticks = ticks + 1 end
+        assert(io.open("]] .. fifo .. [[", "w")):close()
+      end)
       local lens = {}
-      for l in weft.io.lines(0) do lens[#lens + 1] = l .. "=" .. #l end
-      stop = true
-      print(table.concat(lens, " "), ticks > 5)']])
+      for l in weft.io.lines(0) do lines = lines + 1; lens[#lens + 1] = l .. "=" .. #l end
+      print(table.concat(lens, " "), ticks)']])
+    os.remove(fifo)
+    assert.are.equal("a=1 bb=2 ccc=3 last=4\t5\n", out)
     assert.are.equal(0, code)
-    assert.are.equal("a=1 bb=2 ccc=3 last=4\ttrue\n", out)
   end)
 
   it("never reads a pipe that another reader emptied first (the read would block the processor)", function()
