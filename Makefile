@@ -31,7 +31,8 @@ CTX_ASM := engine/ctx_x86_64.S
 endif
 
 ENGINE_SRC := engine/lock.c engine/stack.c engine/ctx.c engine/runq.c engine/proc.c \
-              engine/chan.c engine/select.c engine/timer.c engine/sema.c engine/atomic.c
+              engine/chan.c engine/select.c engine/timer.c engine/sema.c engine/atomic.c \
+              engine/diag.c engine/sysmon.c
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/ctx_asm.o
 ENGINE_HDR := $(wildcard engine/*.h)
 
@@ -40,7 +41,7 @@ ENGINE_HDR := $(wildcard engine/*.h)
 LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
 BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/sync.c bindings/codec.c \
-                 bindings/transfer.c bindings/context.c
+                 bindings/transfer.c bindings/context.c bindings/diag.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 
