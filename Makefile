@@ -140,7 +140,7 @@ asan: deps-san all
 	@# LuaJIT itself running with the ASAN runtime preloaded.
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=0 \
 	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua spec/spawn_spec.lua spec/transfer_spec.lua \
-	  spec/context_spec.lua spec/errgroup_spec.lua spec/sync_spec.lua
+	  spec/context_spec.lua spec/errgroup_spec.lua spec/sync_spec.lua spec/diag_spec.lua
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=1 \
 	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/asan/?.so;;' luajit spec/leaks.lua
 tsan: deps-san

@@ -119,8 +119,8 @@ static void describe(weft_g *g, bool self, weft_dbuf *b) {
         for (int level = 0; lua_getstack(h->co, level, &ar); level++) {
             if (!lua_getinfo(h->co, "Sln", &ar))
                 break;
-            if (!user && (*ar.what == 'C' || lib_frame(&ar)))
-                continue;
+            if (lib_frame(&ar) || (!user && *ar.what == 'C'))
+                continue; /* weft's own frames, and the yield it parked in */
             user = true;
             if (++shown > 20) {
                 weft_dbuf_puts(b, "\t...\n");

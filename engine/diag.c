@@ -257,7 +257,9 @@ static char *other_entry(weft_g *g, int64_t now) {
         std_header(&b, g, now);
         weft_dbuf_puts(&b, "\t(isolate not started yet)\n");
     } else if (running && p->curgid == g->id) {
-        int64_t ran = since && gid == g->id ? now - since : 0;
+        int64_t ran = since && gid == g->id ? weft_coarse_now() - since : 0;
+        if (ran < 0)
+            ran = 0;
         header(&b, g, "running", ran / 1000000000);
         weft_dbuf_printf(&b,
                          "\t(running on processor %d for %.2fs without yielding: the stack of a "
