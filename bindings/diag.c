@@ -40,11 +40,14 @@ static atomic_int libdir_state; /* 0 unset, 1 being set, 2 set */
 void weft_hdiag_site(lua_State *L, int level, hostg *h) {
     lua_Debug ar;
     if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
-        int n = (int)strlen(ar.short_src), keep = (int)sizeof h->site - 12;
-        const char *src = n > keep ? ar.short_src + (n - keep) : ar.short_src; /* its end */
-        snprintf(h->site, sizeof h->site, "%.*s:%d", keep, src, ar.currentline);
+        /* no formatting here: this runs for every weft.go */
+        size_t n = strnlen(ar.short_src, sizeof h->site - 1);
+        memcpy(h->site, ar.short_src, n);
+        h->site[n] = 0;
+        h->site_line = ar.currentline;
     } else {
-        strcpy(h->site, "?");
+        strcpy(h->site, "[C]");
+        h->site_line = 0;
     }
 }
 
@@ -100,8 +103,12 @@ static void name_line(hostg *h, weft_dbuf *b) {
 }
 
 static void created_line(hostg *h, int64_t parent, weft_dbuf *b) {
-    if (!h->main && h->site[0])
-        weft_dbuf_printf(b, "created by %s in goroutine %lld\n", h->site, (long long)parent);
+    if (h->main || !h->site[0])
+        return;
+    weft_dbuf_printf(b, "created by %s", h->site);
+    if (h->site_line > 0)
+        weft_dbuf_printf(b, ":%d", h->site_line);
+    weft_dbuf_printf(b, " in goroutine %lld\n", (long long)parent);
 }
 
 /* g's lines after its header: name, the frames below weft's own (the

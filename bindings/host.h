@@ -38,7 +38,8 @@ typedef struct hostg {
     int nargs; /* values to pass to the next resume */
     bool main;
     char *name;       /* weft.name, malloc'd (replaced under diag.c's lock) */
-    char site[48];    /* where it was created, "file:line" (dumps) */
+    char site[64];    /* where it was created: file (dumps) ... */
+    int site_line;    /* ... and line (0: none) */
     int op;           /* WEFT_HOSTOP_*: the operation under way (fast.c) */
     bool opdone;      /* it completed as it started: oprc (and held) tell */
     int oprc;
