@@ -59,7 +59,9 @@ static void usage(FILE *f) {
             "  -p N         number of processors (default: $WEFT_PROCS or the CPU count)\n"
             "  --version    print the version and exit\n"
             "  --help       print this help and exit\n"
-            "With no script and no -e, reads the script from standard input.\n");
+            "With no script and no -e, reads the script from standard input.\n"
+            "SIGQUIT prints a dump of every goroutine and exits 2; SIGUSR1 prints one.\n"
+            "WEFT_DEBUG=schedtrace=MS[,scheddetail=1][,longrun=MS] traces the scheduler.\n");
 }
 
 /* Runs in the VM: ... = procs, code|nil, script|nil; arg is set. */
