@@ -166,8 +166,10 @@ bool weft_diag_onall(void (*fn)(weft_proc *p, void *arg), void *arg, bool *answe
 
 /* ---- goroutine states -------------------------------------------------------- */
 
+/* Acquire: a parked goroutine's wait reason and time were written before
+ * its state became WAITING (with release). */
 const char *weft_diag_state(weft_g *g) {
-    switch (atomic_load_explicit(&g->state, memory_order_relaxed)) {
+    switch (atomic_load_explicit(&g->state, memory_order_acquire)) {
     case WEFT_G_RUNNING:
         return "running";
     case WEFT_G_RUNNABLE:
@@ -219,7 +221,7 @@ static void header(weft_dbuf *b, weft_g *g, const char *state, int64_t secs) {
 
 static void std_header(weft_dbuf *b, weft_g *g, int64_t now) {
     int64_t secs = 0;
-    if (atomic_load_explicit(&g->state, memory_order_relaxed) == WEFT_G_WAITING)
+    if (atomic_load_explicit(&g->state, memory_order_acquire) == WEFT_G_WAITING)
         secs = (now - g->wait_since) / 1000000000;
     header(b, g, weft_diag_state(g), secs);
 }
