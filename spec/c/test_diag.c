@@ -57,6 +57,7 @@ static void ping(void *arg) {
         weft_sleep_ns(200 * 1000);
         weft_chan_send(cs[1], v);
     }
+    weft_chan_close(cs[1]); /* done with both: main may release them */
 }
 
 static void busy_main(void *arg) {
@@ -72,6 +73,8 @@ static void busy_main(void *arg) {
         CHECK_EQ(v.u.i, i);
     }
     weft_chan_close(a);
+    weft_val v;
+    CHECK_EQ(weft_chan_recv(b, &v), 0); /* ping is done with a, b and cs */
     weft_chan_release(a);
     weft_chan_release(b);
 }
