@@ -102,6 +102,7 @@ static int l_go(lua_State *L) {
         return luaL_error(L, "weft.go: fn must be a function, got %s", luaL_typename(L, 1));
     current(L, "go");
     hostg *h = weft_hostg_new(L, lua_gettop(L) - 1);
+    weft_hdiag_site(L, 1, h);
     return push_started(L, h, weft_go_hosted(h), "go");
 }
 
@@ -119,6 +120,7 @@ static int l_spawn(lua_State *L) {
         weft_codec_val_free(&v);
         return luaL_error(L, "out of memory");
     }
+    weft_hdiag_site(L, 2, h); /* level 1: weft.spawn */
     return push_started(L, h, weft_go_hosted_portable(h), "spawn");
 }
 
@@ -264,8 +266,7 @@ static int l_name(lua_State *L) {
     char *copy = strdup(s);
     if (!copy)
         return luaL_error(L, "out of memory");
-    free(h->name);
-    h->name = copy;
+    weft_hdiag_set_name(h, copy);
     return 0;
 }
 
@@ -457,5 +458,6 @@ int luaopen_weft_core(lua_State *L) {
     weft_transfer_register(L);
     weft_context_register(L);
     weft_sync_register(L);
+    weft_diag_register(L);
     return 1;
 }

@@ -91,7 +91,7 @@ void weft_hostg_free(hostg *h) {
     hostg_drop_cases(h, -1);
     hostg_free_spawn(h);
     free(h->cases);
-    free(h->name);
+    weft_hdiag_forget(h);
     free(h);
 }
 
@@ -104,8 +104,8 @@ static void hostg_recycle(hostg *h) {
     }
     lua_settop(h->co, 0);
     hostg_drop_cases(h, -1);
-    free(h->name);
-    h->name = NULL;
+    if (h->name)
+        weft_hdiag_set_name(h, NULL);
     h->nargs = 0;
     h->op = WEFT_HOSTOP_NONE;
     h->opdone = false;
@@ -210,6 +210,14 @@ static void fatal(char *msg) {
     weft_shutdown();
 }
 
+void weft_host_fail(char *msg) {
+    fatal(msg);
+}
+
+lua_State *weft_host_vm(int pid) {
+    return R.vms[pid].L;
+}
+
 /* err_message(e) -> e as a string, run protected: __tostring may raise. */
 static int err_message(lua_State *L) {
     if (!lua_isstring(L, 1) && !(luaL_callmeta(L, 1, "__tostring") && lua_isstring(L, -1)))
@@ -275,6 +283,7 @@ static void host_run(weft_proc *p, weft_g *g) {
         g->parkop = WEFT_PARK_EXIT;
         return;
     }
+    weft_hdiag_running(p->id, g->id, h);
     lua_State *co = h->co;
     int rc;
     for (;;) {

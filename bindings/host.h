@@ -48,7 +48,9 @@ typedef struct hostg {
     bool main;
     int ncases, capcases;
     hostg_spawn *spawn; /* an isolate not started yet */
-    char *name;         /* weft.name, malloc'd */
+    char *name;         /* weft.name, malloc'd (replaced under diag.c's lock) */
+    const char *site;   /* where it was created: file (interned, diag.c) ... */
+    int site_line;      /* ... and line (0: none) */
     weft_val held;      /* a send's value, or an early receive's */
     weft_case *cases;   /* a select in progress */
     union {             /* the operand of op */
@@ -114,6 +116,28 @@ hostg *weft_hostg_new(lua_State *L, int nargs);
  * NULL if out of memory. */
 hostg *weft_hostg_isolate(weft_val payload, const char *path, const char *cpath);
 void weft_hostg_free(hostg *h);
+
+/* The VM of processor pid (NULL: none); on that processor's thread only. */
+lua_State *weft_host_vm(int pid);
+/* Keeps msg (malloc'd, taken over) as weft.run's error if it is the first,
+ * and stops the engine. */
+void weft_host_fail(char *msg);
+
+/* ---- diag.c ---- */
+
+/* Records in h where the goroutine is created: the function at `level` of
+ * L's stack (1: the caller of the C function). */
+void weft_hdiag_site(lua_State *L, int level, hostg *h);
+/* Processor pid runs goroutine gid, whose hostg is h (host_run). */
+void weft_hdiag_running(int pid, int64_t gid, hostg *h);
+/* Replaces h's name (malloc'd, taken over; NULL: none). */
+void weft_hdiag_set_name(hostg *h, char *name);
+/* Before h is freed: forgets it and frees its name. */
+void weft_hdiag_forget(hostg *h);
+/* Adds core.dump, core.stats, core.run_timeout, core.fail and
+ * core.diag_libdir to the table on top of L's stack; sets the engine's
+ * diagnostics hooks. */
+void weft_diag_register(lua_State *L);
 
 /* ---- fast.c ---- */
 

@@ -234,6 +234,11 @@ struct weft_proc {
 
     /* Statistics: written by the owner only, read by anyone. */
     _Atomic uint64_t st_switches, st_steals, st_stolen, st_wakeups, st_timers, st_chanops;
+
+    /* Diagnostics (diag.c): a request to answer between two runs; the id
+     * of the goroutine it runs (or last ran), for the watchdog. */
+    _Atomic(void *) diagreq;
+    _Atomic int64_t curgid;
 };
 
 /* ---- hosted goroutines ------------------------------------------------------
@@ -320,6 +325,7 @@ typedef struct weft_sched {
     weft_g **allgs;
     size_t nallgs, capallgs;
 
+    atomic_int npollwait;
     _Atomic int64_t ngoroutines;
     _Atomic int64_t goidgen;
     atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */

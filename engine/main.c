@@ -5,12 +5,15 @@
  *
  * `arg` is set as luajit sets it. Exit status: 0 when the main goroutine
  * returns, 2 on an uncaught error in any goroutine (message and traceback on
- * stderr), 1 when the script cannot be loaded or the usage is wrong;
+ * stderr) or a deadlock (the report and a dump), 1 when the script cannot be
+ * loaded or the usage is wrong; SIGQUIT prints a dump of every goroutine and
+ * exits 2, SIGUSR1 prints one and goes on (engine/sysmon.c);
  * os.exit(n) as usual. The Lua modules are found without any environment:
  * the source tree's lua/ directory, then <prefix>/share/lua/5.1 beside the
  * binary's own <prefix>/bin (wherever it was installed: make install,
  * luarocks), then the default install directory, are put on package.path.
  */
+#include "diag.h"
 #include "weft.h"
 
 #include <lauxlib.h>
@@ -56,7 +59,9 @@ static void usage(FILE *f) {
             "  -p N         number of processors (default: $WEFT_PROCS or the CPU count)\n"
             "  --version    print the version and exit\n"
             "  --help       print this help and exit\n"
-            "With no script and no -e, reads the script from standard input.\n");
+            "With no script and no -e, reads the script from standard input.\n"
+            "SIGQUIT prints a dump of every goroutine and exits 2; SIGUSR1 prints one.\n"
+            "WEFT_DEBUG=schedtrace=MS[,scheddetail=1][,longrun=MS] traces the scheduler.\n");
 }
 
 /* Runs in the VM: ... = procs, code|nil, script|nil; arg is set. */
@@ -72,6 +77,8 @@ static const char driver[] =
 
 int main(int argc, char **argv) {
     int procs = 0, i = 1;
+    if (weft_sysmon_signals() != 0)
+        fprintf(stderr, "weft: cannot take SIGQUIT and SIGUSR1 (no dumps on signals)\n");
     const char *code = NULL;
     for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
         if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-v") == 0) {

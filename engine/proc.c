@@ -58,6 +58,7 @@
 #define _GNU_SOURCE
 #endif
 #include "core.h"
+#include "diag.h"
 #include "sanitizer.h"
 
 #include <errno.h>
@@ -516,6 +517,7 @@ static void execute(weft_proc *p, weft_g *g) {
         }
     }
     p->curg = g;
+    atomic_store_explicit(&p->curgid, g->id, memory_order_relaxed);
     atomic_store_explicit(&p->running, 1, memory_order_relaxed);
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
     weft_stat_inc(&p->st_switches);
@@ -635,6 +637,8 @@ top:
     if (stopping())
         return NULL;
     p->schedtick++;
+    if (atomic_load_explicit(&p->diagreq, memory_order_relaxed))
+        weft_diag_poll(p);
     check_timers(p);
     /* fd waiters (poll.c): a busy processor never sleeps in ev_run, so it
      * polls its loop without blocking now and then to wake them. */
@@ -680,7 +684,10 @@ top:
     weft_S.idlep = p;
     atomic_store(&p->idle, 1);
     atomic_fetch_add(&weft_S.npidle, 1);
+    bool deadlock = weft_diag_deadlocked_locked();
     weft_mutex_unlock(&weft_S.lock);
+    if (deadlock)
+        weft_diag_deadlock();
 
     if (p->spinning) {
         p->spinning = false;
@@ -826,6 +833,7 @@ static void engine_begin_stop(void) {
 /* After every processor stopped: withdraw the waits of goroutines that are
  * still parked (channels outlive the engine), then free everything. */
 static void engine_teardown(void) {
+    weft_diag_stop();
     for (int i = 0; i < weft_S.nprocs; i++)
         weft_timers_teardown(weft_S.procs[i]);
     for (size_t i = 0; i < weft_S.nallgs; i++) {
@@ -912,6 +920,7 @@ static int run_main(const weft_config *cfg, const weft_host *host, void (*main_f
     tls_proc = p0;
     if (weft_S.host.proc_start)
         weft_S.host.proc_start(p0);
+    weft_diag_start();
     rc = start_threads(1);
     if (rc != WEFT_OK && host)
         g->host = NULL; /* main never runs: its host data is the caller's again */
@@ -922,6 +931,8 @@ static int run_main(const weft_config *cfg, const weft_host *host, void (*main_f
     tls_proc = NULL;
     join_threads();
     engine_teardown();
+    if (rc == WEFT_OK && !host && weft_diag_was_deadlock())
+        rc = WEFT_EDEADLOCK;
     atomic_store(&weft_S.state, WEFT_SCHED_STOPPED);
     return rc;
 }
@@ -952,8 +963,10 @@ int weft_start(const weft_config *cfg) {
     if (!engine_claim())
         return WEFT_ESTATE;
     int rc = engine_init(cfg);
-    if (rc == WEFT_OK)
+    if (rc == WEFT_OK) {
+        weft_diag_start();
         rc = start_threads(0);
+    }
     if (rc != WEFT_OK) {
         engine_begin_stop();
         if (weft_S.procs) {

@@ -47,7 +47,8 @@ enum {
     WEFT_ENOMEM = -3,
     WEFT_EINVAL = -4,  /* bad argument */
     WEFT_ENOTG = -5,   /* blocking call made outside a goroutine */
-    WEFT_ESTATE = -6   /* engine not running / already running */
+    WEFT_ESTATE = -6,  /* engine not running / already running */
+    WEFT_EDEADLOCK = -7 /* weft_run: every goroutine was asleep (reported on stderr) */
 };
 
 /* ---- engine -------------------------------------------------------------- */
@@ -61,7 +62,9 @@ typedef struct weft_config {
  * thread becomes processor 0. Returns when main_fn returns; goroutines still
  * alive then are discarded (their stacks freed, their waits withdrawn from
  * channels). Called from inside a goroutine it just calls main_fn(arg).
- * Returns WEFT_OK, WEFT_ESTATE if another engine is running, WEFT_ENOMEM. */
+ * Returns WEFT_OK, WEFT_ESTATE if another engine is running, WEFT_ENOMEM,
+ * WEFT_EDEADLOCK when every goroutine was asleep (the report, with a dump,
+ * went to stderr). */
 int weft_run(const weft_config *cfg, void (*main_fn)(void *), void *arg);
 
 /* Starts the engine with every processor on a thread of its own and returns

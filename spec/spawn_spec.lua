@@ -1,6 +1,7 @@
 -- Isolated goroutines (weft.spawn): one VM per processor, copies of the
 -- function and its arguments, parallel execution, and errors.
 local weft = require "weft"
+local async = require "weft.busted"
 
 local function run(fn, ...)
   return weft.run({ procs = 2 }, fn, ...)
@@ -189,19 +190,17 @@ describe("weft.spawn", function()
     assert.matches("error in goroutine %d+: .*boom in isolate", err)
   end)
 
-  it("refuses what cannot be copied, at once, naming it", function()
-    run(function()
-      local co = coroutine.create(print)
-      local ok, err = pcall(weft.spawn, function() return co end)
-      assert.is_false(ok)
-      assert.matches("cannot copy upvalue 'co' %(thread%) of function at .*spawn_spec.lua:%d+", err)
-      spawn_spec_proxy = newproxy()
-      ok, err = pcall(weft.spawn, function() return spawn_spec_proxy end)
-      spawn_spec_proxy = nil
-      assert.is_false(ok)
-      assert.matches("cannot copy global 'spawn_spec_proxy' %(userdata%)", err)
-      assert.has_error(function() weft.spawn("not a function") end,
-        "weft.spawn: fn must be a function, got string")
-    end)
-  end)
+  it("refuses what cannot be copied, at once, naming it", async(function()
+    local co = coroutine.create(print)
+    local ok, err = pcall(weft.spawn, function() return co end)
+    assert.is_false(ok)
+    assert.matches("cannot copy upvalue 'co' %(thread%) of function at .*spawn_spec.lua:%d+", err)
+    spawn_spec_proxy = newproxy()
+    ok, err = pcall(weft.spawn, function() return spawn_spec_proxy end)
+    spawn_spec_proxy = nil
+    assert.is_false(ok)
+    assert.matches("cannot copy global 'spawn_spec_proxy' %(userdata%)", err)
+    assert.has_error(function() weft.spawn("not a function") end,
+      "weft.spawn: fn must be a function, got string")
+  end))
 end)

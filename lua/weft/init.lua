@@ -117,6 +117,8 @@ end
 
 -- ---- goroutines --------------------------------------------------------------
 
+local diag = require "weft.diag"
+
 local function finish_run(ok, ...)
   if not ok then error((...), 0) end
   return ...
@@ -136,6 +138,14 @@ function weft.run(opts, main, ...)
   if procs ~= nil and (type(procs) ~= "number" or procs < 1 or procs % 1 ~= 0) then
     error("weft.run: opts.procs must be a positive whole number, got " .. tostring(procs), 2)
   end
+  local timeout = opts and opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0)) then
+    error("weft.run: opts.timeout must be a positive number of seconds, got " .. tostring(timeout), 2)
+  end
+  if opts and opts.leakcheck then
+    main = diag.leakchecked(main)
+  end
+  core.run_timeout(timeout or 0)
   return finish_run(core.run(procs or 0, main, ...))
 end
 
@@ -153,7 +163,8 @@ function weft.spawn(fn, ...)
     error("weft.spawn: fn must be a function, got " .. type(fn), 2)
   end
   local packed = transfer.pack(fn, ...) -- raises at our caller's level
-  return core.spawn(packed, package.path, package.cpath)
+  local id = core.spawn(packed, package.path, package.cpath) -- not a tail call: the
+  return id                                                  -- dump's "created by" is our caller
 end
 
 -- Runs in the VM where the isolate starts: the spawner's module paths
@@ -190,6 +201,8 @@ weft.now, weft.id, weft.count, weft.procs = core.now, core.id, core.count, core.
 function weft.name(str)
   core.name(tostring(str))
 end
+
+weft.dump, weft.stats = diag.dump, diag.stats
 
 -- Starts a native goroutine running cfunc(arg) on its own stack: cfunc is a
 -- C function `void f(void *)` reached through the FFI; arg is nil, a cdata
