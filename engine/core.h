@@ -227,6 +227,7 @@ struct weft_proc {
     /* Goroutines parked on fds with watchers on this loop (poll.c); owner only. */
     weft_iowait *iowaiters;
     int niowait;
+    weft_g *iowoken; /* fd waits done in callbacks, readied by weft_io_flush */
 
     /* Free goroutines (with their stacks) for reuse. */
     weft_g *gfree;
@@ -325,10 +326,9 @@ typedef struct weft_sched {
     weft_g **allgs;
     size_t nallgs, capallgs;
 
-    atomic_int npollwait;
+    atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */
     _Atomic int64_t ngoroutines;
     _Atomic int64_t goidgen;
-    atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */
     weft_g *main_g;
     weft_host host;
 } weft_sched;
@@ -370,6 +370,7 @@ void weft_sema_withdraw(weft_waiter *w); /* teardown: unlink if still queued */
 
 /* poll.c */
 bool weft_io_poll(weft_proc *p);     /* owner: runs ready fd callbacks without blocking */
+void weft_io_flush(weft_proc *p);    /* owner, after any ev_run: readies finished fd waits */
 void weft_io_teardown(weft_g *g);    /* engine stop: drop g's fd wait, if any */
 
 /* timer.c */

@@ -20,6 +20,13 @@
  *  - The first of {fd ready, timeout, close} disarms the wait (stops both
  *    watchers, which also clears a pending event of the other, unlinks,
  *    uncounts) and only then weft_ready()s the goroutine: it is woken once.
+ *  - libev applies a watcher stop to the kernel (epoll_ctl) lazily, at the
+ *    start of its next loop iteration. A goroutine woken from a callback
+ *    may then run on another processor and close its fd, racing with that
+ *    epoll_ctl. So callbacks only collect finished waits in p->iowoken, and
+ *    weft_io_flush, after each ev_run of the scheduler, runs the loop once
+ *    more without blocking (applying the stops) before it readies them:
+ *    the stop happens-before anything the woken goroutine does.
  *  - Callbacks run on g0, so a native goroutine's stack is no longer in use
  *    when it is woken, and a hosted one has returned to the scheduler.
  *  - At engine stop (all processors joined), weft_io_teardown stops the
@@ -55,11 +62,21 @@ static void io_done(weft_iowait *w, int result) {
     weft_ready(g, false);
 }
 
+/* From a callback: readied by weft_io_flush, once the stop is applied. */
+static void io_done_later(weft_iowait *w, int result) {
+    weft_g *g = w->io.data;
+    weft_proc *p = w->p;
+    io_disarm(w);
+    w->result = result;
+    g->schedlink = p->iowoken;
+    p->iowoken = g;
+}
+
 static void io_ready_cb(struct ev_loop *loop, ev_io *io, int revents) {
     (void)loop;
     (void)revents;
     weft_g *g = io->data;
-    io_done(g->iow, WEFT_OK);
+    io_done_later(g->iow, WEFT_OK);
 }
 
 static void io_timeout_cb(struct ev_loop *loop, ev_timer *tm, int revents) {
@@ -67,7 +84,7 @@ static void io_timeout_cb(struct ev_loop *loop, ev_timer *tm, int revents) {
     (void)revents;
     weft_g *g = tm->data;
     /* The fd became ready in the same loop iteration: ready wins. */
-    io_done(g->iow, ev_is_pending(&g->iow->io) ? WEFT_OK : WEFT_EAGAIN);
+    io_done_later(g->iow, ev_is_pending(&g->iow->io) ? WEFT_OK : WEFT_EAGAIN);
 }
 
 /* Starts g's wait on p's loop (p: the calling thread's processor, g running
@@ -158,7 +175,22 @@ bool weft_io_poll(weft_proc *p) {
         return false;
     int before = p->niowait;
     ev_run(p->loop, EVRUN_NOWAIT);
+    weft_io_flush(p);
     return p->niowait < before;
+}
+
+void weft_io_flush(weft_proc *p) {
+    while (p->iowoken) {
+        weft_g *g = p->iowoken;
+        p->iowoken = NULL;
+        ev_run(p->loop, EVRUN_NOWAIT); /* applies their stops; may finish more */
+        while (g) {
+            weft_g *next = g->schedlink;
+            g->schedlink = NULL;
+            weft_ready(g, false);
+            g = next;
+        }
+    }
 }
 
 void weft_io_teardown(weft_g *g) {

@@ -627,6 +627,7 @@ static void proc_sleep(weft_proc *p) {
         weft_stat_inc(&p->st_wakeups);
     }
     atomic_store(&p->sleeping, 0);
+    weft_io_flush(p); /* fd waits the loop finished (poll.c) */
 }
 
 /* Finds a goroutine to run, sleeping in the ev loop while there is none.
