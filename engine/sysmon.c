@@ -160,14 +160,13 @@ static void schedtrace(int64_t now) {
         weft_dbuf_printf(&b, "%s%u", i ? " " : "",
                          weft_runq_len(weft_S.procs[i]) +
                              (unsigned)atomic_load(&weft_S.procs[i]->inboxn));
-    weft_dbuf_puts(&b, "]");
+    weft_dbuf_puts(&b, "]\n"); /* the SCHED line is exactly Go's: what we add goes below */
     for (int i = 0; i < n; i++) {
         int64_t gid, since = weft_diag_longrun(i, &gid);
         if (since)
-            weft_dbuf_printf(&b, " nonyielding=G%lld@P%d(%lldms)", (long long)gid, i,
+            weft_dbuf_printf(&b, "  nonyielding: G%lld on P%d for %lldms\n", (long long)gid, i,
                              (long long)((weft_coarse_now() - since) / 1000000));
     }
-    weft_dbuf_puts(&b, "\n");
     for (int i = 0; M.detail && i < n; i++) {
         weft_proc *p = weft_S.procs[i];
         bool run = atomic_load(&p->running);

@@ -272,6 +272,29 @@ describe("the binary's diagnostics", function()
     assert.matches("\n  G1: status=sleep kind=lua proc=0\n", err)
   end)
 
+  it("keeps SCHED lines in their format while a goroutine runs without yielding", function()
+    local s = script([[
+      local weft = require "weft"
+      local stop = weft.atomic(0)
+      weft.spawn(function(stop) while stop:load() == 0 do end end, stop)
+      weft.sleep(0.3)
+      stop:store(1)
+    ]])
+    local _, err, code = sh("WEFT_DEBUG=schedtrace=20,longrun=0 build/weft -p 2 " .. s)
+    os.remove(s)
+    assert.are.equal(0, code)
+    local n = 0
+    for line in err:gmatch("[^\n]+") do
+      if line:match("^SCHED") then
+        n = n + 1
+        assert.matches("^SCHED %d+ms: procs=2 idleprocs=%d threads=3 spinning=%d goroutines=%d+ "
+          .. "runqueue=%d+ %[%d+ %d+%]$", line)
+      end
+    end
+    assert.is_true(n >= 2)
+    assert.matches("\n  nonyielding: G2 on P1 for %d+ms\n", err)
+  end)
+
   it("dumps on SIGUSR1 and goes on; dumps on SIGQUIT and exits 2", function()
     local ready = os.tmpname()
     local s = script([[
