@@ -92,8 +92,8 @@ const char *weft_diag_state(weft_g *g);
 /* sysmon.c */
 void weft_sysmon_start(void);
 void weft_sysmon_stop(void);
-/* The weft binary, before any thread starts: SIGQUIT (dump, exit 2) and
- * SIGUSR1 (dump, go on) are taken by a thread of their own. 0 or -1. */
+/* The weft binary: SIGQUIT (dump, exit 2) and SIGUSR1 (dump, go on) are
+ * handed to a thread of their own. 0 or -1. */
 int weft_sysmon_signals(void);
 
 #endif

@@ -16,13 +16,14 @@
  * joined at teardown before anything is freed (weft_diag_stop); `mu`
  * guards `stop` only; since[i] is written with release after gid[i].
  *
- * Signals (the weft binary only): SIGQUIT and SIGUSR1 are blocked in every
- * thread and taken by a thread of their own with sigwait, which asks for a
- * dump like any other thread; no handler ever runs engine code.
+ * Signals (the weft binary only): the handler of SIGQUIT and SIGUSR1 writes
+ * the signal's number to a pipe; a thread of their own reads it and asks
+ * for a dump like any other thread; no handler ever runs engine code.
  */
 #include "diag.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,18 +267,34 @@ void weft_sysmon_stop(void) {
 
 /* ---- signals (the weft binary) ------------------------------------------------ */
 
+/* The handler only forwards the signal's number to the signal thread
+ * through a pipe (write is async-signal-safe). The signals stay unblocked
+ * everywhere, so processes started by the script (os.execute, io.popen)
+ * inherit no blocked signals, and exec resets the handler. */
+static int sigfds[2] = {-1, -1};
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(sigfds[1], &b, 1);
+    (void)n; /* pipe full: signals already pending will dump */
+    errno = saved;
+}
+
 static void *signal_main(void *arg) {
-    sigset_t *set = arg;
+    (void)arg;
     for (;;) {
-        int sig = 0;
-        if (sigwait(set, &sig) != 0)
-            continue;
+        unsigned char b;
+        ssize_t n = read(sigfds[0], &b, 1);
+        if (n != 1)
+            continue; /* EINTR */
+        int sig = b;
         char *dump = weft_diag_dump(0);
-        weft_dbuf b = {0};
-        weft_dbuf_printf(&b, "%s\n\n", sig == SIGQUIT ? "SIGQUIT: quit" : "SIGUSR1: dump");
-        weft_dbuf_puts(&b, dump ? dump : "(no engine running)\n");
+        weft_dbuf b2 = {0};
+        weft_dbuf_printf(&b2, "%s\n\n", sig == SIGQUIT ? "SIGQUIT: quit" : "SIGUSR1: dump");
+        weft_dbuf_puts(&b2, dump ? dump : "(no engine running)\n");
         free(dump);
-        char *s = weft_dbuf_take(&b);
+        char *s = weft_dbuf_take(&b2);
         fputs(s, stderr);
         fflush(stderr);
         free(s);
@@ -288,15 +305,20 @@ static void *signal_main(void *arg) {
 }
 
 int weft_sysmon_signals(void) {
-    static sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGQUIT);
-    sigaddset(&set, SIGUSR1);
-    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+    if (pipe2(sigfds, O_CLOEXEC) != 0)
         return -1;
+    int fl = fcntl(sigfds[1], F_GETFL);
+    fcntl(sigfds[1], F_SETFL, fl | O_NONBLOCK);
     pthread_t t;
-    if (pthread_create(&t, NULL, signal_main, &set) != 0)
+    if (pthread_create(&t, NULL, signal_main, NULL) != 0)
         return -1;
     pthread_detach(t);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGQUIT, &sa, NULL) != 0 || sigaction(SIGUSR1, &sa, NULL) != 0)
+        return -1;
     return 0;
 }

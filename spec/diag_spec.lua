@@ -295,6 +295,29 @@ describe("the binary's diagnostics", function()
     assert.matches("\n  nonyielding: G2 on P1 for %d+ms\n", err)
   end)
 
+  it("leaves the signals it takes unblocked in the processes a script starts", function()
+    if not io.open("/proc/self/status") then return end -- Linux only
+    local base = sh("cat /proc/self/status | grep SigBlk")
+    local s = script([[
+      local weft = require "weft"
+      os.execute("cat /proc/self/status | grep SigBlk")
+      local c = weft.chan()
+      for _ = 1, 3 do
+        weft.spawn(function(c) os.execute("cat /proc/self/status | grep SigBlk"); c:send(true) end, c)
+      end
+      for _ = 1, 3 do c:recv() end
+    ]])
+    local out, _, code = sh("build/weft -p 2 " .. s)
+    os.remove(s)
+    assert.are.equal(0, code)
+    local n = 0
+    for line in out:gmatch("SigBlk[^\n]*") do
+      n = n + 1
+      assert.are.equal(base:match("SigBlk[^\n]*"), line)
+    end
+    assert.are.equal(4, n)
+  end)
+
   it("dumps on SIGUSR1 and goes on; dumps on SIGQUIT and exits 2", function()
     local ready = os.tmpname()
     local s = script([[
