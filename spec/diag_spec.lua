@@ -329,17 +329,21 @@ describe("the binary's diagnostics", function()
       f:close()
       weft.sleep(30)
     ]])
+    local log = os.tmpname()
     local out, err, code = sh(table.concat({
-      "build/weft -p 2 " .. s .. " & pid=$!",
+      "build/weft -p 2 " .. s .. " 2>" .. log .. " & pid=$!",
       "while [ ! -s " .. ready .. " ]; do sleep 0.02; done",
       "kill -USR1 $pid",
-      "sleep 0.3", -- time for the dump to be written
+      "while ! grep -q '^SIGUSR1: dump' " .. log .. "; do sleep 0.02; done",
       "kill -0 $pid && echo alive",
       "kill -QUIT $pid",
-      "wait $pid",
+      "wait $pid; rc=$?",
+      "cat " .. log .. " >&2",
+      "exit $rc",
     }, "\n"))
     os.remove(s)
     os.remove(ready)
+    os.remove(log)
     assert.are.equal(2, code)
     assert.are.equal("alive\n", out)
     local usr1, quit = err:match("^SIGUSR1: dump\n\n(.-)SIGQUIT: quit\n\n(.*)$")
