@@ -74,7 +74,8 @@ void weft_diag_stop(void);
 
 /* weft.run's timeout: after `seconds` from now the watchdog reports a
  * timeout with a dump and stops the engine (<= 0: none). Set before the
- * engine starts; cleared at stop. */
+ * engine starts (any thread may cancel it with 0 while it runs); cleared at
+ * stop. */
 void weft_diag_set_timeout(double seconds);
 
 /* The watchdog's view of processor p: nonzero when it has been running the

@@ -39,7 +39,7 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
-    int64_t timeout_ns, deadline; /* weft.run's timeout */
+    _Atomic int64_t timeout_ns, deadline; /* weft.run's timeout (set by any thread) */
     _Atomic int64_t since[WEFT_MAX_PROCS], gid[WEFT_MAX_PROCS];
     /* the watchdog's own */
     uint64_t lastsw[WEFT_MAX_PROCS];
@@ -56,8 +56,9 @@ int64_t weft_diag_longrun(int pid, int64_t *gid) {
 }
 
 void weft_diag_set_timeout(double seconds) {
-    M.timeout_ns = seconds > 0 ? (int64_t)(seconds > 9e9 ? 9e18 : seconds * 1e9) : 0;
-    M.deadline = M.timeout_ns ? weft_nanotime() + M.timeout_ns : 0;
+    int64_t ns = seconds > 0 ? (int64_t)(seconds > 9e9 ? 9e18 : seconds * 1e9) : 0;
+    atomic_store(&M.timeout_ns, ns);
+    atomic_store(&M.deadline, ns ? weft_nanotime() + ns : 0);
 }
 
 /* WEFT_DEBUG=schedtrace=MS,scheddetail=1,longrun=MS */
@@ -99,7 +100,7 @@ static void timed_out(void) {
     char *dump = weft_diag_dump(0);
     weft_dbuf b = {0};
     weft_dbuf_printf(&b, "weft.run: timeout: main has not returned after %gs\n\n",
-                     (double)M.timeout_ns / 1e9);
+                     (double)atomic_load(&M.timeout_ns) / 1e9);
     weft_dbuf_puts(&b, dump ? dump : "");
     free(dump);
     fail(weft_dbuf_take(&b));
@@ -221,10 +222,9 @@ static void *sysmon_main(void *arg) {
                 M.next_trace += M.trace_ns;
                 schedtrace(now);
             }
-            if (M.deadline && now >= M.deadline) {
-                M.deadline = 0;
+            int64_t dl = atomic_load(&M.deadline);
+            if (dl && now >= dl && atomic_compare_exchange_strong(&M.deadline, &dl, 0))
                 timed_out();
-            }
         }
         clock_gettime(CLOCK_MONOTONIC, &ts);
         pthread_mutex_lock(&M.mu);
@@ -262,7 +262,8 @@ void weft_sysmon_stop(void) {
         M.started = false;
         pthread_cond_destroy(&M.cv);
     }
-    M.deadline = M.timeout_ns = 0;
+    atomic_store(&M.deadline, 0);
+    atomic_store(&M.timeout_ns, 0);
 }
 
 /* ---- signals (the weft binary) ------------------------------------------------ */
