@@ -225,7 +225,7 @@ static int l_stats(lua_State *L) {
         return 0;
     int64_t counts[5];
     weft_diag_gcounts(counts);
-    static double kb[WEFT_MAX_PROCS];
+    double kb[WEFT_MAX_PROCS]; /* not static: two goroutines may ask at once */
     bool answered[WEFT_MAX_PROCS];
     if (!weft_diag_onall(kb_of, kb, answered))
         return 0;

@@ -74,7 +74,8 @@ void weft_diag_stop(void);
 
 /* weft.run's timeout: after `seconds` from now the watchdog reports a
  * timeout with a dump and stops the engine (<= 0: none). Set before the
- * engine starts; cleared at stop. */
+ * engine starts (any thread may cancel it with 0 while it runs); cleared at
+ * stop. */
 void weft_diag_set_timeout(double seconds);
 
 /* The watchdog's view of processor p: nonzero when it has been running the
@@ -92,8 +93,8 @@ const char *weft_diag_state(weft_g *g);
 /* sysmon.c */
 void weft_sysmon_start(void);
 void weft_sysmon_stop(void);
-/* The weft binary, before any thread starts: SIGQUIT (dump, exit 2) and
- * SIGUSR1 (dump, go on) are taken by a thread of their own. 0 or -1. */
+/* The weft binary: SIGQUIT (dump, exit 2) and SIGUSR1 (dump, go on) are
+ * handed to a thread of their own. 0 or -1. */
 int weft_sysmon_signals(void);
 
 #endif

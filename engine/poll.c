@@ -16,7 +16,9 @@
  * Invariants:
  *  - iow->p != NULL exactly while the watchers are started; the goroutine is
  *    then linked in p->iowaiters and counted in p->niowait and in
- *    weft_S.npollwait.
+ *    weft_S.npollwait, which keeps counting it after the wait finished
+ *    until the goroutine is readied (a processor finishing it in its sleep
+ *    still counts as idle: see the deadlock check in diag.c).
  *  - The first of {fd ready, timeout, close} disarms the wait (stops both
  *    watchers, which also clears a pending event of the other, unlinks,
  *    uncounts) and only then weft_ready()s the goroutine: it is woken once.
@@ -51,15 +53,21 @@ static void io_disarm(weft_iowait *w) {
         w->next->prev = w->prev;
     w->next = w->prev = NULL;
     p->niowait--;
-    atomic_fetch_sub(&weft_S.npollwait, 1);
     w->p = NULL;
+}
+
+/* The wait no longer counts in npollwait: only once g is runnable, so that
+ * the deadlock check (diag.c) always sees one or the other. */
+static void io_ready_g(weft_g *g) {
+    weft_ready(g, false);
+    atomic_fetch_sub(&weft_S.npollwait, 1);
 }
 
 static void io_done(weft_iowait *w, int result) {
     weft_g *g = w->io.data;
     io_disarm(w);
     w->result = result;
-    weft_ready(g, false);
+    io_ready_g(g);
 }
 
 /* From a callback: readied by weft_io_flush, once the stop is applied. */
@@ -187,15 +195,17 @@ void weft_io_flush(weft_proc *p) {
         while (g) {
             weft_g *next = g->schedlink;
             g->schedlink = NULL;
-            weft_ready(g, false);
+            io_ready_g(g);
             g = next;
         }
     }
 }
 
 void weft_io_teardown(weft_g *g) {
-    if (g->iow && g->iow->p)
+    if (g->iow && g->iow->p) {
         io_disarm(g->iow);
+        atomic_fetch_sub(&weft_S.npollwait, 1);
+    }
     free(g->iow);
     g->iow = NULL;
 }

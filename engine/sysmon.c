@@ -16,13 +16,14 @@
  * joined at teardown before anything is freed (weft_diag_stop); `mu`
  * guards `stop` only; since[i] is written with release after gid[i].
  *
- * Signals (the weft binary only): SIGQUIT and SIGUSR1 are blocked in every
- * thread and taken by a thread of their own with sigwait, which asks for a
- * dump like any other thread; no handler ever runs engine code.
+ * Signals (the weft binary only): the handler of SIGQUIT and SIGUSR1 writes
+ * the signal's number to a pipe; a thread of their own reads it and asks
+ * for a dump like any other thread; no handler ever runs engine code.
  */
 #include "diag.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +39,7 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
-    int64_t timeout_ns, deadline; /* weft.run's timeout */
+    _Atomic int64_t timeout_ns, deadline; /* weft.run's timeout (set by any thread) */
     _Atomic int64_t since[WEFT_MAX_PROCS], gid[WEFT_MAX_PROCS];
     /* the watchdog's own */
     uint64_t lastsw[WEFT_MAX_PROCS];
@@ -55,8 +56,9 @@ int64_t weft_diag_longrun(int pid, int64_t *gid) {
 }
 
 void weft_diag_set_timeout(double seconds) {
-    M.timeout_ns = seconds > 0 ? (int64_t)(seconds > 9e9 ? 9e18 : seconds * 1e9) : 0;
-    M.deadline = M.timeout_ns ? weft_nanotime() + M.timeout_ns : 0;
+    int64_t ns = seconds > 0 ? (int64_t)(seconds > 9e9 ? 9e18 : seconds * 1e9) : 0;
+    atomic_store(&M.timeout_ns, ns);
+    atomic_store(&M.deadline, ns ? weft_nanotime() + ns : 0);
 }
 
 /* WEFT_DEBUG=schedtrace=MS,scheddetail=1,longrun=MS */
@@ -98,7 +100,7 @@ static void timed_out(void) {
     char *dump = weft_diag_dump(0);
     weft_dbuf b = {0};
     weft_dbuf_printf(&b, "weft.run: timeout: main has not returned after %gs\n\n",
-                     (double)M.timeout_ns / 1e9);
+                     (double)atomic_load(&M.timeout_ns) / 1e9);
     weft_dbuf_puts(&b, dump ? dump : "");
     free(dump);
     fail(weft_dbuf_take(&b));
@@ -160,14 +162,13 @@ static void schedtrace(int64_t now) {
         weft_dbuf_printf(&b, "%s%u", i ? " " : "",
                          weft_runq_len(weft_S.procs[i]) +
                              (unsigned)atomic_load(&weft_S.procs[i]->inboxn));
-    weft_dbuf_puts(&b, "]");
+    weft_dbuf_puts(&b, "]\n"); /* the SCHED line is exactly Go's: what we add goes below */
     for (int i = 0; i < n; i++) {
         int64_t gid, since = weft_diag_longrun(i, &gid);
         if (since)
-            weft_dbuf_printf(&b, " nonyielding=G%lld@P%d(%lldms)", (long long)gid, i,
+            weft_dbuf_printf(&b, "  nonyielding: G%lld on P%d for %lldms\n", (long long)gid, i,
                              (long long)((weft_coarse_now() - since) / 1000000));
     }
-    weft_dbuf_puts(&b, "\n");
     for (int i = 0; M.detail && i < n; i++) {
         weft_proc *p = weft_S.procs[i];
         bool run = atomic_load(&p->running);
@@ -221,10 +222,9 @@ static void *sysmon_main(void *arg) {
                 M.next_trace += M.trace_ns;
                 schedtrace(now);
             }
-            if (M.deadline && now >= M.deadline) {
-                M.deadline = 0;
+            int64_t dl = atomic_load(&M.deadline);
+            if (dl && now >= dl && atomic_compare_exchange_strong(&M.deadline, &dl, 0))
                 timed_out();
-            }
         }
         clock_gettime(CLOCK_MONOTONIC, &ts);
         pthread_mutex_lock(&M.mu);
@@ -262,23 +262,40 @@ void weft_sysmon_stop(void) {
         M.started = false;
         pthread_cond_destroy(&M.cv);
     }
-    M.deadline = M.timeout_ns = 0;
+    atomic_store(&M.deadline, 0);
+    atomic_store(&M.timeout_ns, 0);
 }
 
 /* ---- signals (the weft binary) ------------------------------------------------ */
 
+/* The handler only forwards the signal's number to the signal thread
+ * through a pipe (write is async-signal-safe). The signals stay unblocked
+ * everywhere, so processes started by the script (os.execute, io.popen)
+ * inherit no blocked signals, and exec resets the handler. */
+static int sigfds[2] = {-1, -1};
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(sigfds[1], &b, 1);
+    (void)n; /* pipe full: signals already pending will dump */
+    errno = saved;
+}
+
 static void *signal_main(void *arg) {
-    sigset_t *set = arg;
+    (void)arg;
     for (;;) {
-        int sig = 0;
-        if (sigwait(set, &sig) != 0)
-            continue;
+        unsigned char b;
+        ssize_t n = read(sigfds[0], &b, 1);
+        if (n != 1)
+            continue; /* EINTR */
+        int sig = b;
         char *dump = weft_diag_dump(0);
-        weft_dbuf b = {0};
-        weft_dbuf_printf(&b, "%s\n\n", sig == SIGQUIT ? "SIGQUIT: quit" : "SIGUSR1: dump");
-        weft_dbuf_puts(&b, dump ? dump : "(no engine running)\n");
+        weft_dbuf b2 = {0};
+        weft_dbuf_printf(&b2, "%s\n\n", sig == SIGQUIT ? "SIGQUIT: quit" : "SIGUSR1: dump");
+        weft_dbuf_puts(&b2, dump ? dump : "(no engine running)\n");
         free(dump);
-        char *s = weft_dbuf_take(&b);
+        char *s = weft_dbuf_take(&b2);
         fputs(s, stderr);
         fflush(stderr);
         free(s);
@@ -289,15 +306,20 @@ static void *signal_main(void *arg) {
 }
 
 int weft_sysmon_signals(void) {
-    static sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGQUIT);
-    sigaddset(&set, SIGUSR1);
-    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+    if (pipe2(sigfds, O_CLOEXEC) != 0)
         return -1;
+    int fl = fcntl(sigfds[1], F_GETFL);
+    fcntl(sigfds[1], F_SETFL, fl | O_NONBLOCK);
     pthread_t t;
-    if (pthread_create(&t, NULL, signal_main, &set) != 0)
+    if (pthread_create(&t, NULL, signal_main, NULL) != 0)
         return -1;
     pthread_detach(t);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGQUIT, &sa, NULL) != 0 || sigaction(SIGUSR1, &sa, NULL) != 0)
+        return -1;
     return 0;
 }

@@ -205,6 +205,14 @@ describe("weft.run options", function()
     assert.are.same({ true, 7 }, { pcall(weft.run, { leakcheck = true }, function() return 7 end) })
   end)
 
+  it("leakcheck reports survivors even when the timeout is shorter than its grace period", function()
+    local ok, err = pcall(weft.run, { leakcheck = true, timeout = 0.2 }, function()
+      weft.go(function() weft.chan():recv() end)
+    end)
+    assert.is_false(ok)
+    assert.matches("^weft.run: leakcheck: 1 goroutine still alive [^\n]*\n\ngoroutine 2 %[chan receive%]:", err)
+  end)
+
   it("timeout raises with a dump of every goroutine", function()
     local ok, err = pcall(weft.run, { timeout = 0.2 }, function()
       local c = weft.chan()
@@ -272,6 +280,52 @@ describe("the binary's diagnostics", function()
     assert.matches("\n  G1: status=sleep kind=lua proc=0\n", err)
   end)
 
+  it("keeps SCHED lines in their format while a goroutine runs without yielding", function()
+    local s = script([[
+      local weft = require "weft"
+      local stop = weft.atomic(0)
+      weft.spawn(function(stop) while stop:load() == 0 do end end, stop)
+      weft.sleep(0.3)
+      stop:store(1)
+    ]])
+    local _, err, code = sh("WEFT_DEBUG=schedtrace=20,longrun=0 build/weft -p 2 " .. s)
+    os.remove(s)
+    assert.are.equal(0, code)
+    local n = 0
+    for line in err:gmatch("[^\n]+") do
+      if line:match("^SCHED") then
+        n = n + 1
+        assert.matches("^SCHED %d+ms: procs=2 idleprocs=%d threads=3 spinning=%d goroutines=%d+ "
+          .. "runqueue=%d+ %[%d+ %d+%]$", line)
+      end
+    end
+    assert.is_true(n >= 2)
+    assert.matches("\n  nonyielding: G2 on P1 for %d+ms\n", err)
+  end)
+
+  it("leaves the signals it takes unblocked in the processes a script starts", function()
+    if not io.open("/proc/self/status") then return end -- Linux only
+    local base = sh("cat /proc/self/status | grep SigBlk")
+    local s = script([[
+      local weft = require "weft"
+      os.execute("cat /proc/self/status | grep SigBlk")
+      local c = weft.chan()
+      for _ = 1, 3 do
+        weft.spawn(function(c) os.execute("cat /proc/self/status | grep SigBlk"); c:send(true) end, c)
+      end
+      for _ = 1, 3 do c:recv() end
+    ]])
+    local out, _, code = sh("build/weft -p 2 " .. s)
+    os.remove(s)
+    assert.are.equal(0, code)
+    local n = 0
+    for line in out:gmatch("SigBlk[^\n]*") do
+      n = n + 1
+      assert.are.equal(base:match("SigBlk[^\n]*"), line)
+    end
+    assert.are.equal(4, n)
+  end)
+
   it("dumps on SIGUSR1 and goes on; dumps on SIGQUIT and exits 2", function()
     local ready = os.tmpname()
     local s = script([[
@@ -283,17 +337,21 @@ describe("the binary's diagnostics", function()
       f:close()
       weft.sleep(30)
     ]])
+    local log = os.tmpname()
     local out, err, code = sh(table.concat({
-      "build/weft -p 2 " .. s .. " & pid=$!",
+      "build/weft -p 2 " .. s .. " 2>" .. log .. " & pid=$!",
       "while [ ! -s " .. ready .. " ]; do sleep 0.02; done",
       "kill -USR1 $pid",
-      "sleep 0.3", -- time for the dump to be written
+      "while ! grep -q '^SIGUSR1: dump' " .. log .. "; do sleep 0.02; done",
       "kill -0 $pid && echo alive",
       "kill -QUIT $pid",
-      "wait $pid",
+      "wait $pid; rc=$?",
+      "cat " .. log .. " >&2",
+      "exit $rc",
     }, "\n"))
     os.remove(s)
     os.remove(ready)
+    os.remove(log)
     assert.are.equal(2, code)
     assert.are.equal("alive\n", out)
     local usr1, quit = err:match("^SIGUSR1: dump\n\n(.-)SIGQUIT: quit\n\n(.*)$")

@@ -136,9 +136,45 @@ static void test_dump_from_thread(void) {
     weft_chan_release(c);
 }
 
+/* A goroutine woken by its fd (the pipe main writes) while main goes to
+ * sleep on the channel it answers on: the fd wait, finished in the
+ * sleeping processor's loop, counts until the goroutine is runnable. */
+static void fd_reader(void *arg) {
+    int *fds = arg;
+    char ch;
+    if (weft_io_wait(fds[0], WEFT_IO_READ, -1) == WEFT_OK && read(fds[0], &ch, 1) == 1)
+        weft_chan_send(*(weft_chan **)(fds + 2), weft_val_int(ch));
+}
+
+static void fd_main(void *arg) {
+    int *fds = arg;
+    weft_chan *c = *(weft_chan **)(fds + 2);
+    for (int i = 0; i < 2000; i++) {
+        weft_go(fd_reader, fds);
+        for (int k = 0; k < 50; k++)
+            weft_yield(); /* let the reader park, on either processor */
+        char ch = 'x';
+        CHECK_EQ(write(fds[1], &ch, 1), 1);
+        weft_val v;
+        CHECK_EQ(weft_chan_recv(c, &v), 1);
+    }
+}
+
+static void test_no_false_deadlock_fd(void) {
+    int fds[2 + 2 * sizeof(void *) / sizeof(int)];
+    CHECK_EQ(pipe(fds), 0);
+    weft_chan *c = weft_chan_new(0);
+    *(weft_chan **)(fds + 2) = c;
+    CHECK_EQ(run_quiet(2, fd_main, fds), WEFT_OK);
+    weft_chan_release(c);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 const ctest_case diag_tests[] = {
     {"deadlock", test_deadlock},
     {"no_false_deadlock", test_no_false_deadlock},
+    {"no_false_deadlock_fd", test_no_false_deadlock_fd},
     {"dump", test_dump},
     {"dump_from_thread", test_dump_from_thread},
     {NULL, NULL},
