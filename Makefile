@@ -43,7 +43,7 @@ LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
 BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/sync.c bindings/codec.c \
                  bindings/transfer.c bindings/context.c \
-                 bindings/io.c bindings/diag.c
+                 bindings/io.c bindings/diag.c bindings/shape.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 
@@ -142,7 +142,8 @@ asan: deps-san all
 	@# LuaJIT itself running with the ASAN runtime preloaded.
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=0 \
 	  busted --lua=luajit --cpath='build/asan/?.so' spec/weft_spec.lua spec/spawn_spec.lua spec/transfer_spec.lua \
-	  spec/context_spec.lua spec/errgroup_spec.lua spec/sync_spec.lua spec/net_spec.lua spec/diag_spec.lua
+	  spec/context_spec.lua spec/errgroup_spec.lua spec/sync_spec.lua spec/net_spec.lua spec/diag_spec.lua \
+	  spec/shape_spec.lua
 	LD_PRELOAD="$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so)" ASAN_OPTIONS=detect_leaks=1 \
 	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/asan/?.so;;' luajit spec/leaks.lua
 tsan: deps-san

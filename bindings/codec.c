@@ -62,7 +62,7 @@ enum {
 /* Keeps big locals of rare paths out of the frames of the recursive ones. */
 #define NOINLINE __attribute__((noinline))
 
-static char k_helper, k_handles, k_encfn, k_decfn; /* registry keys (addresses) */
+static char k_helper, k_handles, k_encfn, k_decfn, k_templates; /* registry keys (addresses) */
 
 /* ---- keyed hash (per-process secret) ------------------------------------- */
 
@@ -333,6 +333,90 @@ static const char HELPER_SRC[] =
     "  return new(r.ct, cast(r.ptr, src)[0])\n"
     "end\n"
     "return M\n";
+
+/* Bytecode drops what a function's table constructors need to be fast.
+ * For `{ id = i, name = s, ok = true }` LuaJIT's parser builds a template
+ * table holding every constant key, the keys of non-constant values with
+ * nil values; each run duplicates the template and stores into slots that
+ * already exist. string.dump leaves nil-valued entries out, so in a VM that
+ * loads the bytecode the duplicate lacks those keys and grows (twice here,
+ * and the JIT compiles the stores as key insertions): a constructor of a
+ * spawned function took twice as long as the same one in its own VM. This
+ * chunk, run on each function the codec loads, finds the constant-key
+ * stores (TSETS) into the register of each template duplication (TDUP) that
+ * follow it, and puts those keys back into the template with nil values,
+ * as the parser had them. A key too many only sizes the template larger:
+ * a nil-valued entry is invisible to Lua. Without jit.util or jit.vmdef it
+ * does nothing. */
+static const char TEMPLATES_SRC[] =
+    "local okj, ju = pcall(require, 'jit.util')\n"
+    "local okv, vmdef = pcall(require, 'jit.vmdef')\n"
+    "if not okj or not okv or type(ju) ~= 'table' or type(vmdef) ~= 'table' then return nil end\n"
+    "local funcbc, funck, funcinfo = ju.funcbc, ju.funck, ju.funcinfo\n"
+    "local band, rshift = bit.band, bit.rshift\n"
+    "local names = vmdef.bcnames\n"
+    "local TDUP, TSETS, TNEW\n"
+    "for i = 0, #names / 6 - 1 do\n"
+    "  local n = names:sub(i * 6 + 1, i * 6 + 6):gsub(' ', '')\n"
+    "  if n == 'TDUP' then TDUP = i elseif n == 'TSETS' then TSETS = i elseif n == 'TNEW' then TNEW = i end\n"
+    "end\n"
+    "if not (TDUP and TSETS and TNEW) then return nil end\n"
+    "local SCAN = 256\n"
+    "local function fix(fn, depth)\n"
+    "  local info = funcinfo(fn)\n"
+    "  local n = info and info.bytecodes\n"
+    "  if not n or depth > 64 then return end\n"
+    "  for pc = 1, n - 1 do\n"
+    "    local ins = funcbc(fn, pc)\n"
+    "    if ins and band(ins, 0xff) == TDUP then\n"
+    "      local a, tpl = band(rshift(ins, 8), 0xff), funck(fn, -rshift(ins, 16) - 1)\n"
+    "      if type(tpl) == 'table' then\n"
+    "        local keys, nk = {}, 0\n"
+    "        for q = pc + 1, math.min(pc + SCAN, n - 1) do\n"
+    "          local i2 = funcbc(fn, q)\n"
+    "          local op = band(i2, 0xff)\n"
+    "          if op == TSETS and rshift(i2, 24) == a then\n"
+    "            local k = funck(fn, -band(rshift(i2, 16), 0xff) - 1)\n"
+    "            if type(k) == 'string' and rawget(tpl, k) == nil then nk = nk + 1; keys[nk] = k end\n"
+    "          elseif (op == TDUP or op == TNEW) and band(rshift(i2, 8), 0xff) == a then\n"
+    "            break\n"
+    "          end\n"
+    "        end\n"
+    "        for i = 1, nk do rawset(tpl, keys[i], true) end\n"
+    "        for i = 1, nk do rawset(tpl, keys[i], nil) end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  for i = 1, math.huge do\n"
+    "    local k = funck(fn, -i)\n"
+    "    if k == nil then break end\n"
+    "    if type(k) == 'proto' then fix(k, depth + 1) end\n"
+    "  end\n"
+    "end\n"
+    "return function(fn) pcall(fix, fn, 0) end\n";
+
+/* Runs TEMPLATES_SRC's function on the Lua function at stack index f. */
+static void fix_templates(lua_State *L, int f) {
+    lua_pushlightuserdata(L, &k_templates);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        if (luaL_loadbuffer(L, TEMPLATES_SRC, sizeof TEMPLATES_SRC - 1, "=weft.templates") != 0 ||
+            lua_pcall(L, 0, 1, 0) != 0 || !lua_isfunction(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 0); /* unavailable: remembered as false */
+        }
+        lua_pushlightuserdata(L, &k_templates);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    }
+    if (lua_isfunction(L, -1)) {
+        lua_pushvalue(L, f);
+        lua_call(L, 1, 0); /* it catches its own errors */
+    } else {
+        lua_pop(L, 1);
+    }
+}
 
 /* Pushes the helper table, or nil when the ffi library is not available.
  * May raise (call in protected mode). */
@@ -1752,6 +1836,7 @@ static int dec_function(dec *d) {
         return corrupt(d, "bad function bytecode: %s", msg ? msg : "?");
     }
     int f = lua_gettop(L);
+    fix_templates(L, f);
     if (d->env) {
         lua_pushvalue(L, DS_ENV);
         lua_setfenv(L, f);
@@ -2085,6 +2170,35 @@ static int dec_plain(lua_State *L, const weft_val *v, char *err, size_t errlen) 
     return -1;
 }
 
+/* A WEFT_CODEC_TAG_SHAPED value: require("weft.shape").decode(p, len). */
+static int dec_shaped(lua_State *L, const weft_val *v, char *err, size_t errlen) {
+    const void *p = weft_val_data(v);
+    if ((!(v->flags & WEFT_VAL_HEAP) && v->len > sizeof v->u) || !p) {
+        set_err(err, errlen, "cannot decode value: bad shaped table");
+        return -1;
+    }
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "weft.shape");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "decode");
+        lua_pushlightuserdata(L, (void *)p);
+        lua_pushnumber(L, (lua_Number)v->len);
+        if (lua_pcall(L, 2, 2, 0) == 0) {
+            if (!lua_isnil(L, -2)) {
+                lua_pop(L, 1);
+                lua_replace(L, top + 1);
+                lua_settop(L, top + 1);
+                return 0;
+            }
+        }
+    }
+    const char *msg = lua_tostring(L, -1);
+    set_err(err, errlen, "%s", msg ? msg : "cannot decode value: bad shaped table");
+    lua_settop(L, top);
+    return -1;
+}
+
 int weft_codec_decode(lua_State *L, const weft_val *v, char *err, size_t errlen) {
     return weft_codec_decode_named(L, v, 0, 0, err, errlen);
 }
@@ -2123,6 +2237,8 @@ int weft_codec_decode_named(lua_State *L, const weft_val *v, int resolver, int e
         return 0;
     case WEFT_CODEC_TAG_PLAIN:
         return dec_plain(L, v, err, errlen);
+    case WEFT_CODEC_TAG_SHAPED:
+        return dec_shaped(L, v, err, errlen);
     case WEFT_TAG_INT64:
     case WEFT_TAG_UINT64:
     case WEFT_CODEC_TAG_BLOB:

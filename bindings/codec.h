@@ -158,7 +158,11 @@ enum {
      * serialization format. lua/weft/init.lua writes and reads these itself
      * (LuaJIT serializes inside the VM, many times faster than walking
      * tables through the C API); weft_codec_decode reads them too. */
-    WEFT_CODEC_TAG_PLAIN
+    WEFT_CODEC_TAG_PLAIN,
+    /* 18: a small plain table as a shape id and its bare values
+     * (lua/weft/shape.lua writes and reads these; weft_codec_decode calls
+     * that module's decode). */
+    WEFT_CODEC_TAG_SHAPED
 };
 
 enum {

@@ -13,14 +13,6 @@
 #include <unistd.h>
 #endif
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__ __volatile__("pause");
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static void futex_wait(atomic_int *addr, int val) {
 #if defined(__linux__)
     syscall(SYS_futex, (int *)addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
@@ -46,7 +38,7 @@ void weft_mutex_lock_slow(weft_mutex *m) {
             atomic_compare_exchange_weak_explicit(&m->state, &expect, 1, memory_order_acquire,
                                                   memory_order_relaxed))
             return;
-        cpu_relax();
+        weft_cpu_relax();
     }
     /* Announce a waiter; whoever unlocks from state 2 wakes one. */
     while (atomic_exchange_explicit(&m->state, 2, memory_order_acquire) != 0)

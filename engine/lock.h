@@ -23,6 +23,15 @@ typedef struct weft_mutex {
 void weft_mutex_lock_slow(weft_mutex *m);
 void weft_mutex_wake(weft_mutex *m);
 
+/* A hint to the CPU inside a spin-wait loop. */
+static inline void weft_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static inline void weft_mutex_init(weft_mutex *m) {
     atomic_init(&m->state, 0);
 }

@@ -94,14 +94,6 @@ weft_g *weft_runq_get(weft_proc *p) {
     }
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__ __volatile__("pause");
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Takes half of victim's goroutines into batch[bh..] (a ring indexed like
  * runq). Returns how many. */
 static uint32_t runq_grab(weft_proc *victim, _Atomic(weft_g *) *batch, uint32_t bh,
@@ -122,7 +114,7 @@ static uint32_t runq_grab(weft_proc *victim, _Atomic(weft_g *) *batch, uint32_t 
              * does, so a ping-pong pair is not torn across processors. */
             if (atomic_load_explicit(&victim->running, memory_order_relaxed)) {
                 for (int i = 0; i < 1000; i++) {
-                    cpu_relax();
+                    weft_cpu_relax();
                     if (atomic_load_explicit(&victim->runnext, memory_order_relaxed) != next)
                         return 0;
                 }

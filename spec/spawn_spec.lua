@@ -166,6 +166,45 @@ describe("weft.spawn", function()
     assert.are.equal(20, got)
   end)
 
+  it("builds the same tables from table constructors as the function does at home", function()
+    -- The codec puts back the keys that bytecode drops from constructor
+    -- templates (see TEMPLATES_SRC in bindings/codec.c); a key whose value
+    -- is nil must still be absent, in interpreted and in compiled code.
+    local function build(n)
+      local none = nil
+      local function nothing() return nil end
+      local function desc(t)
+        local keys, parts = {}, {}
+        for k in pairs(t) do keys[#keys + 1] = k end
+        table.sort(keys)
+        for _, k in ipairs(keys) do
+          local v = t[k]
+          parts[#parts + 1] = k .. "=" .. (type(v) == "table" and desc(v) or tostring(v))
+        end
+        return "{" .. table.concat(parts, ",") .. "}"
+      end
+      local s = {}
+      for i = 1, n do
+        local a = { id = i, name = "n" .. i, gone = none, also = nothing(), ok = true }
+        a.later = i * 2
+        local b = { x = i, y = { z = i, w = nothing() } }
+        local c = (function(v) return { v = v, k = "const", maybe = v % 2 == 0 and v or nil } end)(i)
+        s[#s + 1] = desc(a) .. desc(b) .. desc(c)
+      end
+      return table.concat(s, ";")
+    end
+    local home = build(300)
+    assert.matches("^{id=1,later=2,name=n1,ok=true}{x=1,y={z=1}}{k=const,v=1};", home)
+    for _ = 1, 3 do
+      local away = run(function()
+        local c = weft.chan(1)
+        weft.spawn(function(ch, n) ch:send(build(n)) end, c, 300)
+        return c:recv()
+      end)
+      assert.are.equal(home, away)
+    end
+  end)
+
   it("rebinds _G to the isolate's environment", function()
     local leaked, got = run(function()
       local G = _G

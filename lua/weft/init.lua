@@ -61,7 +61,7 @@ int weft_lua_atomic_cas(void *a, double old, double v);
 local C, ffi_string = ffi.C, ffi.string
 local DONE, BLOCK, CLOSED = 0, 2, 3
 local SEL_NONE, SEL_NOTG, SEL_BLOCK = -1, -3, -5
-local TAG_RAW, TAG_BOOL, TAG_NUMBER, TAG_PLAIN = 0, 1, 2, 17
+local TAG_RAW, TAG_BOOL, TAG_NUMBER, TAG_PLAIN, TAG_SHAPED = 0, 1, 2, 17, 18
 local core_encode, core_decode = core.encode, core.decode
 
 local weft = { version = core.version }
@@ -252,6 +252,8 @@ end
 -- many times faster than the codec's walk through the C API; anything else
 -- goes through the codec. PLAIN_TABLES bounds the check's work.
 local has_buffer, sbuf = pcall(require, "string.buffer")
+local shape = require "weft.shape"
+local shape_encode, shape_decode = shape.encode, shape.decode
 local ENC, DEC = has_buffer and sbuf.new(), has_buffer and sbuf.new()
 local PLAIN_TABLES, PLAIN_DEPTH = 8, 4
 local visited, nvisited = {}, 0
@@ -263,7 +265,10 @@ local function plain_table(t, depth)
   end
   nvisited = nvisited + 1
   visited[nvisited] = t
-  for k, v in next, t do
+  -- `next` called rather than a `for ... in next, t` loop, whose compiled
+  -- form can end early in this LuaJIT (see weft/shape.lua).
+  local k, v = next(t)
+  while k ~= nil do
     local tk, tv = type(k), type(v)
     if tk ~= "string" and tk ~= "number" and tk ~= "boolean" then return false end
     if tv == "table" then
@@ -271,6 +276,7 @@ local function plain_table(t, depth)
     elseif tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
       return false
     end
+    k, v = next(t, k)
   end
   return true
 end
@@ -297,6 +303,8 @@ local function put(v, sv, nested)
     b.u.i = v and 1 or 0; b.len = 8; b.tag = TAG_BOOL; b.flags = 0
   elseif v == nil then
     return "send of nil value"
+  elseif t == "table" and not nested and shape_encode(v, sv, TAG_SHAPED) then
+    return
   elseif t == "table" and has_buffer and not nested and is_plain(v) then
     ENC:reset()
     ENC:encode(v)
@@ -331,6 +339,13 @@ local function take(rv, nested)
     return v
   end
   if tag == TAG_BOOL then return b.u.i ~= 0 end
+  if tag == TAG_SHAPED then
+    local heap = b.flags ~= 0
+    local p = heap and b.u.p or nil
+    local v, err = shape_decode(heap and p or b.u.b, b.len)
+    if heap then C.weft_lua_free(p) end
+    return v, err
+  end
   local ok, v = pcall(core_decode, rv)
   if ok then return v end
   return nil, v

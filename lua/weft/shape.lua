@@ -1,0 +1,387 @@
+-- weft.shape: small plain tables sent as a shape id and their bare values.
+--
+-- Messages between goroutines are mostly small records built by the same
+-- constructor again and again ({id = i, name = s, pos = {x, y, z}}). Their
+-- keys and value types (the shape) repeat; only the values change. The sender
+-- walks the table once with `next`, writing each value into a scratch buffer
+-- and following a trie of (value type, key) steps to the shape's id; the
+-- receiver runs a constructor compiled once per shape and VM, which builds
+-- the table from a template (LuaJIT duplicates a constructor's template, key
+-- slots included) and fills it from the bytes. Both sides are plain Lua that
+-- the JIT compiles.
+--
+-- Ids are process-wide (bindings/shape.c): the first sender of a shape
+-- registers its descriptor (the keys and value types, in string.buffer
+-- format); a VM that meets an unknown id fetches it.
+--
+-- Layout of a value: a table is its shape id (uint32) followed by its
+-- values in walk order: a number as a double, a string as a uint32 length
+-- and its bytes, a boolean as one byte, a table as a nested table. Native
+-- byte order; only this process reads it.
+--
+-- What takes this path: tables with no metatable, at most MAX_TABLES tables
+-- (none reached twice), MAX_DEPTH deep, MAX_ENTRIES entries each, keys that
+-- are strings or 32-bit integers, values that are numbers, strings, booleans
+-- or such tables, MAX_BYTES in all. encode() says false for anything else,
+-- and the caller uses a general format.
+--
+-- The scratch buffer, the trie and the walk state are this VM's. encode()
+-- allocates nothing on its fast path; when it meets a new shape it makes
+-- trie nodes, and a finalizer run then must not call encode() (init.lua
+-- gives finalizers a path of their own). decode() saves and restores its
+-- cursor, so a finalizer may decode inside a decode.
+
+local ffi = require "ffi"
+local sbuf = require "string.buffer"
+
+ffi.cdef [[
+int weft_shape_intern(const char *desc, size_t len);
+const char *weft_shape_desc(int id, size_t *len);
+]]
+
+local C, ffi_cast, ffi_copy, ffi_string = ffi.C, ffi.cast, ffi.copy, ffi.string
+local type, next, getmetatable, floor = type, next, getmetatable, math.floor
+local format, concat = string.format, table.concat
+
+local MAX_TABLES, MAX_DEPTH, MAX_ENTRIES, MAX_BYTES = 8, 4, 64, 16384
+local MAX_NODES = 65536
+local VT_NUM, VT_STR, VT_BOOL, VT_TAB = 1, 2, 3, 4
+-- A trie node: [VT_*] = { [key] = child } (made on first use), and:
+local ID, PARENT, KEY, VT = 5, 6, 7, 8 -- id (-1: cannot have one), the step that led here
+
+local u8p, u32p, dblp = ffi.typeof("uint8_t *"), ffi.typeof("uint32_t *"), ffi.typeof("double *")
+local buf = ffi.new("uint8_t[?]", MAX_BYTES)
+local root = {}
+local nnodes = 0
+local seen, nseen = {}, 0
+
+-- ---- sending -------------------------------------------------------------------
+
+local function valid_key(k)
+  local tk = type(k)
+  if tk == "string" then return true end
+  return tk == "number" and k == floor(k) and k >= -2147483648 and k <= 2147483647
+end
+
+-- The node reached from node by a value of type vt under key k, made now.
+local function new_node(node, vt, k)
+  if nnodes >= MAX_NODES or not valid_key(k) then return nil end
+  local kids = node[vt]
+  if not kids then
+    kids = {}
+    node[vt] = kids
+  end
+  local child = { nil, nil, nil, nil, nil, node, k, vt }
+  kids[k] = child
+  nnodes = nnodes + 1
+  return child
+end
+
+-- Registers the shape ending at node: its (key, value type) steps, root
+-- first, in string.buffer format.
+local function register(node)
+  local steps, n = {}, 0
+  local x = node
+  while x[PARENT] do
+    n = n + 2
+    x = x[PARENT]
+  end
+  local i = n
+  x = node
+  while x[PARENT] do
+    steps[i - 1], steps[i] = x[KEY], x[VT]
+    i = i - 2
+    x = x[PARENT]
+  end
+  local desc = sbuf.encode(steps)
+  local id = C.weft_shape_intern(desc, #desc)
+  node[ID] = id
+  return id
+end
+
+-- Writes table t at offset o of buf; the offset after it, or nil.
+local function walk(t, o, depth)
+  if getmetatable(t) ~= nil then return nil end
+  local start = o
+  o = o + 4
+  if o > MAX_BYTES then return nil end
+  local node, n = root, 0
+  -- `next` called, not a `for ... in next, t` loop: LuaJIT's compiled
+  -- iterator (ITERN) can end such a loop early once it is despecialized
+  -- (LuaJIT issue #827, in the 2.1 snapshots that Debian ships), and here
+  -- the walk is the message. A call carries its whole state in k.
+  local k, v = next(t)
+  while k ~= nil do
+    n = n + 1
+    if n > MAX_ENTRIES then return nil end
+    local tv, vt = type(v), nil
+    if tv == "number" then
+      if o + 8 > MAX_BYTES then return nil end
+      ffi_cast(dblp, buf + o)[0] = v
+      o, vt = o + 8, VT_NUM
+    elseif tv == "string" then
+      local len = #v
+      if o + 4 + len > MAX_BYTES then return nil end
+      ffi_cast(u32p, buf + o)[0] = len
+      ffi_copy(buf + o + 4, v, len)
+      o, vt = o + 4 + len, VT_STR
+    elseif tv == "boolean" then
+      if o + 1 > MAX_BYTES then return nil end
+      buf[o] = v and 1 or 0
+      o, vt = o + 1, VT_BOOL
+    elseif tv == "table" then
+      if depth >= MAX_DEPTH or nseen >= MAX_TABLES then return nil end
+      for i = 1, nseen do
+        if seen[i] == v then return nil end
+      end
+      nseen = nseen + 1
+      seen[nseen] = v
+      o = walk(v, o, depth + 1)
+      if not o then return nil end
+      vt = VT_TAB
+    else
+      return nil
+    end
+    local kids = node[vt]
+    local child = kids and kids[k]
+    if not child then
+      child = new_node(node, vt, k)
+      if not child then return nil end
+    end
+    node = child
+    k, v = next(t, k)
+  end
+  local id = node[ID] or register(node)
+  if id < 0 then return nil end
+  ffi_cast(u32p, buf + start)[0] = id
+  return o
+end
+
+local function key_literal(k)
+  if type(k) == "string" then return format("%q", k) end
+  return format("%d", k)
+end
+
+-- ---- compiled encoders ----------------------------------------------------------
+-- walk() is a loop, and a loop inside the sender's own loop keeps LuaJIT
+-- from compiling the sender as one trace. So once a table has been walked,
+-- the code that writes a table of exactly that shape (nested tables
+-- included) is generated and compiled: straight-line `next` calls that
+-- check each key and value type in turn and write the value, then check
+-- that no key follows. It returns nil at the first difference (and walk()
+-- does the work instead), so a wrong guess costs time, never a wrong value.
+-- The last one used is tried first: a stream of one shape never walks.
+
+local FIXED_BYTES = { 8, 4, 1, 0 } -- by value type; a string's bytes come on top
+local MAX_ENCODERS = 256
+local encoders, nencoders, current = {}, 0, nil
+
+-- The shape tree of t, which walk() has just accepted (so every trie node
+-- on its path exists and has an id): { id, {key, vt, subtree or false}... }.
+local function tree(t)
+  local node, d = root, { false }
+  local k, v = next(t)
+  while k ~= nil do
+    local tv = type(v)
+    local vt = tv == "number" and VT_NUM or tv == "string" and VT_STR or
+      tv == "boolean" and VT_BOOL or VT_TAB
+    d[#d + 1] = { k, vt, vt == VT_TAB and tree(v) }
+    node = node[vt][k]
+    k, v = next(t, k)
+  end
+  d[1] = node[ID]
+  return d
+end
+
+local function tree_key(d, out)
+  out[#out + 1] = d[1]
+  for i = 2, #d do
+    if d[i][3] then tree_key(d[i][3], out) end
+  end
+  return out
+end
+
+local function fixed_size(d)
+  local n = 4
+  for i = 2, #d do
+    local step = d[i]
+    n = n + FIXED_BYTES[step[2]] + (step[3] and fixed_size(step[3]) or 0)
+  end
+  return n
+end
+
+-- Lua source of the encoder of shape tree d.
+local function encoder_source(d)
+  local out, ntab = {}, 0
+  local function emit(fmt, ...) out[#out + 1] = format(fmt, ...) end
+  local function table_code(d)
+    local j = ntab
+    ntab = ntab + 1
+    emit("if getmetatable(t%d) ~= nil then return nil end", j)
+    for i = 0, j - 1 do emit("if t%d == t%d then return nil end", j, i) end
+    emit("local s%d = o", j)
+    emit("o = o + 4")
+    emit("local k%d, v = next(t%d)", j, j)
+    for i = 2, #d do
+      local key, vt, sub = d[i][1], d[i][2], d[i][3]
+      if i > 2 then emit("k%d, v = next(t%d, k%d)", j, j, j) end
+      emit("if k%d ~= %s then return nil end", j, key_literal(key))
+      if vt == VT_NUM then
+        emit("if type(v) ~= 'number' then return nil end")
+        emit("ffi_cast(dblp, buf + o)[0] = v")
+        emit("o = o + 8")
+      elseif vt == VT_STR then
+        emit("if type(v) ~= 'string' then return nil end")
+        emit("local len = #v")
+        emit("if o + 4 + len + FIXED > MAX_BYTES then return nil end")
+        emit("ffi_cast(u32p, buf + o)[0] = len")
+        emit("ffi_copy(buf + o + 4, v, len)")
+        emit("o = o + 4 + len")
+      elseif vt == VT_BOOL then
+        emit("if type(v) ~= 'boolean' then return nil end")
+        emit("buf[o] = v and 1 or 0")
+        emit("o = o + 1")
+      else
+        emit("if type(v) ~= 'table' then return nil end")
+        emit("local t%d = v", ntab)
+        table_code(sub)
+      end
+    end
+    emit("if next(t%d, k%d) ~= nil then return nil end", j, j)
+    if #d == 1 then out[#out] = format("if next(t%d) ~= nil then return nil end", j) end
+    emit("ffi_cast(u32p, buf + s%d)[0] = %d", j, d[1])
+  end
+  emit("local next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES = ...")
+  emit("local FIXED = %d", fixed_size(d))
+  emit("return function(t0)")
+  emit("local o = 0")
+  emit("if FIXED > MAX_BYTES then return nil end")
+  table_code(d)
+  emit("return o")
+  emit("end")
+  return concat(out, "\n")
+end
+
+-- The compiled encoder for t's shape (t just accepted by walk()), or nil
+-- once MAX_ENCODERS exist.
+local function encoder_for(t)
+  local d = tree(t)
+  local key = concat(tree_key(d, {}), ",")
+  local e = encoders[key]
+  if e == nil and nencoders < MAX_ENCODERS then
+    local chunk = assert(loadstring(encoder_source(d), "=weft.shape"))
+    e = chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES)
+    encoders[key] = e
+    nencoders = nencoders + 1
+  end
+  return e
+end
+
+-- Writes t into sv (a weft_lua_val[1]) with tag `tag` if it has a shape:
+-- true; false (sv untouched) if not, or if out of memory.
+local function encode(t, sv, tag)
+  local e = current
+  local o = e and e(t)
+  if not o then
+    nseen = 1
+    seen[1] = t
+    o = walk(t, 0, 1)
+    for i = 1, nseen do seen[i] = nil end
+    if not o then return false end
+    current = encoder_for(t)
+  end
+  return C.weft_lua_val_bytes(sv, buf, o, tag) == 0
+end
+
+-- ---- receiving -----------------------------------------------------------------
+
+local src, pos, lim, bad = nil, 0, 0, false
+local decoders = {}
+local compile
+
+local function num()
+  local v = ffi_cast(dblp, src + pos)[0]
+  pos = pos + 8
+  return v
+end
+
+local function str()
+  local len = ffi_cast(u32p, src + pos)[0]
+  if pos + 4 + len > lim then
+    bad, pos = true, lim
+    return ""
+  end
+  local s = ffi_string(src + pos + 4, len)
+  pos = pos + 4 + len
+  return s
+end
+
+local function bool()
+  local b = src[pos]
+  pos = pos + 1
+  return b ~= 0
+end
+
+local function tab()
+  if pos + 4 > lim then
+    bad = true
+    return false
+  end
+  local id = ffi_cast(u32p, src + pos)[0]
+  pos = pos + 4
+  local d = decoders[id] or compile(id)
+  if not d then
+    bad, pos = true, lim
+    return false
+  end
+  return d()
+end
+
+local READERS = { "num()", "str()", "bool()", "tab()" }
+local FIXED = { 8, 4, 1, 4 } -- bytes each value type takes at least
+
+-- The constructor of shape id for this VM, or nil for an unknown shape.
+function compile(id)
+  local lenp = ffi.new("size_t[1]")
+  local p = C.weft_shape_desc(id, lenp)
+  if p == nil then return nil end
+  local steps = sbuf.decode(ffi_string(p, lenp[0]))
+  local slots, sets, fixed = {}, {}, 0
+  for i = 1, #steps, 2 do
+    local key, vt = key_literal(steps[i]), steps[i + 1]
+    slots[#slots + 1] = "[" .. key .. "] = false"
+    sets[#sets + 1] = "  t[" .. key .. "] = " .. READERS[vt] .. "\n"
+    fixed = fixed + FIXED[vt]
+  end
+  local code = "local num, str, bool, tab, fail = ...\n" ..
+    "return function()\n" ..
+    "  if fail(" .. fixed .. ") then return false end\n" ..
+    "  local t = { " .. concat(slots, ", ") .. " }\n" ..
+    concat(sets) ..
+    "  return t\n" ..
+    "end\n"
+  local chunk = assert(loadstring(code, "=weft.shape"))
+  local d = chunk(num, str, bool, tab, function(n)
+    if pos + n > lim then
+      bad, pos = true, lim
+      return true
+    end
+    return false
+  end)
+  decoders[id] = d
+  return d
+end
+
+-- The table in p[0..len) (a cdata pointer, or a lightuserdata from C), or
+-- nil and an error message.
+local function decode(p, len)
+  local s0, p0, l0, b0 = src, pos, lim, bad
+  src, pos, lim, bad = ffi_cast(u8p, p), 0, len, false
+  local v = tab()
+  local ok = not bad and pos == lim
+  src, pos, lim, bad = s0, p0, l0, b0
+  if ok then return v end
+  return nil, "cannot decode value: bad shaped table"
+end
+
+return { encode = encode, decode = decode }
