@@ -31,7 +31,7 @@ else
 CTX_ASM := engine/ctx_x86_64.S
 endif
 
-ENGINE_SRC := engine/lock.c engine/stack.c engine/ctx.c engine/runq.c engine/proc.c \
+ENGINE_SRC := engine/lock.c engine/pool.c engine/stack.c engine/ctx.c engine/runq.c engine/proc.c \
               engine/chan.c engine/select.c engine/timer.c engine/sema.c engine/atomic.c \
               engine/poll.c engine/diag.c engine/sysmon.c
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/ctx_asm.o
@@ -100,12 +100,12 @@ $(BUILD)/spec/ctx_check: spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) engine/ctx.h
 
 # The value codec of the Lua layer (bindings/codec.c), the packed values
 # built on it (bindings/transfer.c), and their tests.
-CODEC_SRC  := bindings/codec.c bindings/codec.h engine/weft.h
+CODEC_SRC  := bindings/codec.c bindings/codec.h engine/weft.h engine/pool.c engine/lock.c
 TRANSFER_SRC := bindings/transfer.c bindings/transfer.h
 $(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h $(CODEC_SRC) $(TRANSFER_SRC) | $(BUILD)/spec
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_test.c bindings/codec.c \
-	  bindings/transfer.c \
-	  $(LUAJIT_LIBS) -lm
+	  bindings/transfer.c engine/pool.c engine/lock.c \
+	  $(LUAJIT_LIBS) -lpthread -lm
 
 ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check $(BUILD)/spec/codec_test
 	$(BUILD)/spec/ctx_check
@@ -118,7 +118,8 @@ FUZZ_SECONDS ?= 60
 $(BUILD)/fuzz/codec_fuzz: spec/c/codec_fuzz.c spec/c/codec_deepeq.h $(CODEC_SRC) | deps-san
 	@mkdir -p $(@D)
 	clang -O1 -g -std=c11 -D_GNU_SOURCE $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_fuzz.c bindings/codec.c $(LUAJIT_LIBS) -lm
+	  $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_fuzz.c bindings/codec.c \
+	  engine/pool.c engine/lock.c $(LUAJIT_LIBS) -lpthread -lm
 fuzz-codec: $(BUILD)/fuzz/codec_fuzz
 	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/crashes
 	$(BUILD)/fuzz/codec_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -rss_limit_mb=4096 \

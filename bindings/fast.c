@@ -55,7 +55,7 @@ int weft_lua_select(const weft_case *cs, int n, int nonblock, weft_case *res);
 int weft_lua_select_finish(weft_case *res);
 void weft_lua_drop(void);
 int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag);
-void weft_lua_free(void *p);
+void weft_lua_free(void *p, int flags);
 void weft_lua_val_free(weft_val *v);
 
 static void op_block(hostg *h, int op, weft_chan *c) {
@@ -214,7 +214,16 @@ void weft_lua_drop(void) {
  * bytes, WEFT_CODEC_TAG_PLAIN for serialized plain data). -1 if out of
  * memory. */
 int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag) {
-    void *dst = len <= UINT32_MAX ? weft_val_alloc(v, (uint32_t)len, (uint16_t)tag) : NULL;
+    void *dst;
+    if (len > sizeof v->u && len <= WEFT_POOL_MAX) {
+        /* mostly freed by another processor's thread (pool.c) */
+        v->len = (uint32_t)len;
+        v->tag = (uint16_t)tag;
+        v->flags = WEFT_VAL_HEAP | WEFT_VAL_POOLED;
+        dst = v->u.p = weft_pool_alloc(len);
+    } else {
+        dst = len <= UINT32_MAX ? weft_val_alloc(v, (uint32_t)len, (uint16_t)tag) : NULL;
+    }
     if (!dst) {
         v->len = 0, v->flags = 0, v->tag = WEFT_TAG_RAW;
         return -1;
@@ -224,9 +233,12 @@ int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag) {
 }
 
 /* Frees a value's heap buffer once Lua has read it (the value itself may
- * have been reused meanwhile). */
-void weft_lua_free(void *p) {
-    free(p);
+ * have been reused meanwhile); flags: the value's. */
+void weft_lua_free(void *p, int flags) {
+    if (flags & WEFT_VAL_POOLED)
+        weft_pool_free(p);
+    else
+        free(p);
 }
 
 void weft_lua_val_free(weft_val *v) {

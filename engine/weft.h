@@ -19,7 +19,8 @@
  *
  * Values
  *  Channels carry weft_val: 16 bytes holding either up to 8 bytes inline or
- *  a malloc'd buffer the value owns (WEFT_VAL_HEAP). A send moves the value
+ *  a buffer the value owns (WEFT_VAL_HEAP: malloc'd, or a recycled block
+ *  with WEFT_VAL_POOLED). A send moves the value
  *  into the channel; a receive moves it out to the receiver, which then owns
  *  it (release with weft_val_free). Nothing is copied twice: an encoder
  *  writes straight into the buffer weft_val_alloc returns, and that buffer
@@ -94,7 +95,7 @@ int weft_proc_id(void);      /* current processor index, -1 outside */
 
 /* ---- values -------------------------------------------------------------- */
 
-enum { WEFT_VAL_HEAP = 1 };
+enum { WEFT_VAL_HEAP = 1, WEFT_VAL_POOLED = 2 };
 
 /* Tags 0..15 are the engine's; a codec uses 16 and up. */
 enum {
@@ -117,7 +118,8 @@ typedef struct weft_val {
     } u;
     uint32_t len;   /* payload length in bytes */
     uint16_t tag;   /* what the payload is (WEFT_TAG_*) */
-    uint16_t flags; /* WEFT_VAL_HEAP: u.p owns a malloc'd buffer of len bytes */
+    uint16_t flags; /* WEFT_VAL_HEAP: u.p owns a malloc'd buffer of len bytes;
+                       with WEFT_VAL_POOLED, a block of weft_pool_alloc */
 } weft_val;
 
 static inline weft_val weft_val_int(int64_t i) {
@@ -172,8 +174,20 @@ static inline weft_val weft_val_bytes(const void *data, uint32_t len) {
         v.len = 0, v.flags = 0;
     return v;
 }
+/* Blocks for values of up to WEFT_POOL_MAX bytes, recycled between the
+ * threads that allocate and free them (engine/pool.c): cheaper than malloc
+ * when one thread sends and another receives. weft_pool_alloc returns NULL
+ * for a larger len or when out of memory; weft_pool_free takes what
+ * weft_pool_alloc returned, from any thread. A value holding such a block
+ * has WEFT_VAL_HEAP | WEFT_VAL_POOLED, and weft_val_free releases it. */
+enum { WEFT_POOL_MAX = 240 };
+void *weft_pool_alloc(size_t len);
+void weft_pool_free(void *p);
+
 static inline void weft_val_free(weft_val *v) {
-    if (v->flags & WEFT_VAL_HEAP)
+    if (v->flags & WEFT_VAL_POOLED)
+        weft_pool_free(v->u.p);
+    else if (v->flags & WEFT_VAL_HEAP)
         free(v->u.p);
     v->flags = 0;
     v->len = 0;

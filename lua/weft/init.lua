@@ -42,7 +42,7 @@ int weft_lua_select(const weft_lua_case *cs, int n, int nonblock, weft_lua_case 
 int weft_lua_select_finish(weft_lua_case *res);
 void weft_lua_drop(void);
 int weft_lua_val_bytes(weft_lua_val *v, const void *p, size_t len, int tag);
-void weft_lua_free(void *p);
+void weft_lua_free(void *p, int flags);
 void weft_lua_val_free(weft_lua_val *v);
 double weft_lua_sync_load(void *o, int i);
 void weft_lua_sync_store(void *o, int i, double v);
@@ -323,8 +323,8 @@ local function take(rv, nested)
   local tag = b.tag
   if tag == TAG_NUMBER then return b.u.d end
   if tag == TAG_RAW or tag == TAG_PLAIN then
-    local len = b.len
-    local heap = b.flags ~= 0
+    local len, flags = b.len, b.flags
+    local heap = flags ~= 0
     local p = heap and b.u.p or nil
     local v
     if tag == TAG_RAW then
@@ -335,15 +335,16 @@ local function take(rv, nested)
       if heap then DEC:set(p, len) else DEC:set(ffi_string(b.u.b, len)) end
       v = DEC:decode()
     end
-    if heap then C.weft_lua_free(p) end
+    if heap then C.weft_lua_free(p, flags) end
     return v
   end
   if tag == TAG_BOOL then return b.u.i ~= 0 end
   if tag == TAG_SHAPED then
-    local heap = b.flags ~= 0
+    local flags = b.flags
+    local heap = flags ~= 0
     local p = heap and b.u.p or nil
     local v, err = shape_decode(heap and p or b.u.b, b.len)
-    if heap then C.weft_lua_free(p) end
+    if heap then C.weft_lua_free(p, flags) end
     return v, err
   end
   local ok, v = pcall(core_decode, rv)

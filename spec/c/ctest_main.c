@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 extern const ctest_case chan_tests[], select_tests[], timer_tests[], sched_tests[],
-    hosted_tests[], stress_tests[], sema_tests[], io_tests[], diag_tests[];
+    hosted_tests[], stress_tests[], sema_tests[], io_tests[], diag_tests[], pool_tests[];
 
 static const struct {
     const char *suite;
@@ -24,7 +24,7 @@ static const struct {
 } suites[] = {
     {"sched", sched_tests}, {"chan", chan_tests},     {"select", select_tests},
     {"timer", timer_tests}, {"hosted", hosted_tests}, {"stress", stress_tests},
-    {"sema", sema_tests},   {"io", io_tests}, {"diag", diag_tests},
+    {"sema", sema_tests},   {"io", io_tests}, {"diag", diag_tests}, {"pool", pool_tests},
 };
 
 atomic_int ctest_failures;
