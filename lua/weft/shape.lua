@@ -44,15 +44,26 @@ local type, next, getmetatable, floor = type, next, getmetatable, math.floor
 local format, concat = string.format, table.concat
 
 local MAX_TABLES, MAX_DEPTH, MAX_ENTRIES, MAX_BYTES = 8, 4, 64, 16384
-local MAX_NODES = 65536
+-- The trie of this VM is dropped and started again when it has MAX_NODES
+-- nodes (keys that are data fill it with one-off paths): shape ids are the
+-- process's and stay; encoders are compiled again as tables need them.
+local MAX_NODES = 1024
+-- A shape gets an id (and compiled code on both sides) only once MIN_HITS
+-- tables have ended their walk at its node: tables whose keys are data
+-- (a key per user, say) would otherwise register and compile a shape each.
+-- And after MAX_MISSES walks in a row that found no shape, the next
+-- SKIP_AFTER_MISSES tables go straight to the other formats.
+local MIN_HITS, MAX_MISSES, SKIP_AFTER_MISSES = 4, 64, 1024
 local VT_NUM, VT_STR, VT_BOOL, VT_TAB = 1, 2, 3, 4
 -- A trie node: [VT_*] = { [key] = child } (made on first use), and:
 local ID, PARENT, KEY, VT = 5, 6, 7, 8 -- id (-1: cannot have one), the step that led here
+local ENC = 9 -- the compiled encoder of tables whose walk ends here (false: none)
+local HITS = 10 -- walks that ended here before the node had an id
 
 local u8p, u32p, dblp = ffi.typeof("uint8_t *"), ffi.typeof("uint32_t *"), ffi.typeof("double *")
 local buf = ffi.new("uint8_t[?]", MAX_BYTES)
-local root = {}
-local nnodes = 0
+local root = { nil, nil, nil, nil, nil, nil, nil, nil, nil, 0 }
+local nnodes, full = 0, false
 local seen, nseen = {}, 0
 
 -- ---- sending -------------------------------------------------------------------
@@ -65,13 +76,17 @@ end
 
 -- The node reached from node by a value of type vt under key k, made now.
 local function new_node(node, vt, k)
-  if nnodes >= MAX_NODES or not valid_key(k) then return nil end
+  if nnodes >= MAX_NODES then
+    full = true
+    return nil
+  end
+  if not valid_key(k) then return nil end
   local kids = node[vt]
   if not kids then
     kids = {}
     node[vt] = kids
   end
-  local child = { nil, nil, nil, nil, nil, node, k, vt }
+  local child = { nil, nil, nil, nil, nil, node, k, vt, nil, 0 }
   kids[k] = child
   nnodes = nnodes + 1
   return child
@@ -99,7 +114,8 @@ local function register(node)
   return id
 end
 
--- Writes table t at offset o of buf; the offset after it, or nil.
+-- Writes table t at offset o of buf; the offset after it and the trie node
+-- of t's shape, or nil.
 local function walk(t, o, depth)
   if getmetatable(t) ~= nil then return nil end
   local start = o
@@ -151,10 +167,16 @@ local function walk(t, o, depth)
     node = child
     k, v = next(t, k)
   end
-  local id = node[ID] or register(node)
+  local id = node[ID]
+  if not id then
+    local hits = node[HITS] + 1
+    node[HITS] = hits
+    if hits < MIN_HITS then return nil end
+    id = register(node)
+  end
   if id < 0 then return nil end
   ffi_cast(u32p, buf + start)[0] = id
-  return o
+  return o, node
 end
 
 local function key_literal(k)
@@ -174,7 +196,8 @@ end
 
 local FIXED_BYTES = { 8, 4, 1, 0 } -- by value type; a string's bytes come on top
 local MAX_ENCODERS = 256
-local encoders, nencoders, current = {}, 0, nil
+local nencoders, current = 0, nil
+local misses, skip = 0, 0
 
 -- The shape tree of t, which walk() has just accepted (so every trie node
 -- on its path exists and has an id): { id, {key, vt, subtree or false}... }.
@@ -191,14 +214,6 @@ local function tree(t)
   end
   d[1] = node[ID]
   return d
-end
-
-local function tree_key(d, out)
-  out[#out + 1] = d[1]
-  for i = 2, #d do
-    if d[i][3] then tree_key(d[i][3], out) end
-  end
-  return out
 end
 
 local function fixed_size(d)
@@ -262,19 +277,22 @@ local function encoder_source(d)
   return concat(out, "\n")
 end
 
--- The compiled encoder for t's shape (t just accepted by walk()), or nil
--- once MAX_ENCODERS exist.
-local function encoder_for(t)
-  local d = tree(t)
-  local key = concat(tree_key(d, {}), ",")
-  local e = encoders[key]
-  if e == nil and nencoders < MAX_ENCODERS then
-    local chunk = assert(loadstring(encoder_source(d), "=weft.shape"))
-    e = chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES)
-    encoders[key] = e
-    nencoders = nencoders + 1
+-- The compiled encoder for t, which walk() has just accepted and whose walk
+-- ended at trie node `node`: the one made for the first table that ended
+-- there (nested tables included; if t's nested shapes differ, that encoder
+-- refuses t and walk() does the work), or nil once MAX_ENCODERS exist.
+local function encoder_for(t, node)
+  local e = node[ENC]
+  if e == nil then
+    e = false
+    if nencoders < MAX_ENCODERS then
+      local chunk = assert(loadstring(encoder_source(tree(t)), "=weft.shape"))
+      e = chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES)
+      nencoders = nencoders + 1
+    end
+    node[ENC] = e
   end
-  return e
+  return e or nil
 end
 
 -- Writes t into sv (a weft_lua_val[1]) with tag `tag` if it has a shape:
@@ -283,12 +301,26 @@ local function encode(t, sv, tag)
   local e = current
   local o = e and e(t)
   if not o then
+    if skip > 0 then
+      skip = skip - 1
+      return false
+    end
     nseen = 1
     seen[1] = t
-    o = walk(t, 0, 1)
+    local node
+    o, node = walk(t, 0, 1)
     for i = 1, nseen do seen[i] = nil end
-    if not o then return false end
-    current = encoder_for(t)
+    if not o then
+      if full then
+        root, nnodes, full = { nil, nil, nil, nil, nil, nil, nil, nil, nil, 0 }, 0, false
+        current, nencoders = nil, 0
+      end
+      misses = misses + 1
+      if misses >= MAX_MISSES then misses, skip = 0, SKIP_AFTER_MISSES end
+      return false
+    end
+    misses = 0
+    current = encoder_for(t, node)
   end
   return C.weft_lua_val_bytes(sv, buf, o, tag) == 0
 end
