@@ -44,6 +44,18 @@
 #endif
 #endif
 
+#ifdef POOL_OFF
+
+void *weft_pool_alloc(size_t len) {
+    return len > WEFT_POOL_MAX ? NULL : malloc(len ? len : 1);
+}
+
+void weft_pool_free(void *p) {
+    free(p);
+}
+
+#else
+
 enum { POOL_KEEP = 4096 };
 
 typedef struct weft_pool weft_pool;
@@ -111,13 +123,6 @@ static weft_pool *pool_self(void) {
 void *weft_pool_alloc(size_t len) {
     if (len > WEFT_POOL_MAX)
         return NULL;
-#ifdef POOL_OFF
-    pool_blk *b = malloc(sizeof *b + WEFT_POOL_MAX);
-    if (!b)
-        return NULL;
-    b->pool = NULL;
-    return b + 1;
-#else
     weft_pool *p = pool_self();
     pool_blk *b;
     if (p && !p->local && atomic_load_explicit(&p->remote, memory_order_relaxed))
@@ -133,7 +138,6 @@ void *weft_pool_alloc(size_t len) {
         return NULL;
     b->pool = p;
     return b + 1;
-#endif
 }
 
 void weft_pool_free(void *ptr) {
@@ -141,7 +145,7 @@ void weft_pool_free(void *ptr) {
         return;
     pool_blk *b = (pool_blk *)ptr - 1;
     weft_pool *p = b->pool;
-    if (!p) {
+    if (!p) { /* allocated while this thread had no pool (out of memory) */
         free(b);
         return;
     }
@@ -161,3 +165,5 @@ void weft_pool_free(void *ptr) {
     while (!atomic_compare_exchange_weak_explicit(&p->remote, &head, b, memory_order_release,
                                                   memory_order_relaxed));
 }
+
+#endif /* POOL_OFF */
