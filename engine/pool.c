@@ -7,24 +7,27 @@
  * allocating thread's arena under its lock, while the allocating thread
  * finds its own cache empty every time. Here each thread that allocates has
  * a pool; a block records its pool; a block freed by its pool's thread goes
- * on the pool's local list, one freed by any other thread on the pool's
- * remote list; allocating pops the local list and, when that is empty,
- * takes the whole remote list at once.
+ * back on the pool's stack, blocks freed by any other thread come back in
+ * batches; allocating pops the stack and, when that is empty, takes every
+ * batch at once.
  *
  * Invariants:
- *  - `local` is touched only by the thread that owns the pool. `remote` is
- *    a lock-free stack: any thread pushes one block (CAS, release); only the
- *    owner takes, and always the whole stack (exchange, acquire), so no ABA.
+ *  - `stack` is touched only by the thread that owns the pool. `remote` is
+ *    a lock-free stack of batches (see pool_batch): any thread pushes one
+ *    (CAS, release); only the owner takes, and always the whole stack
+ *    (exchange, acquire), so no ABA.
+ *  - A thread other than the owner that frees a block adds it to its own
+ *    batch for that pool; the batch goes out when full, when the thread
+ *    frees a block of another pool, or when the thread exits (TLS
+ *    destructor). Until then up to BATCH blocks wait in it.
  *  - A pool is never freed (blocks of it may be in flight after its thread
  *    ends). When its thread exits, a TLS destructor gives it up; the next
- *    thread that needs a pool adopts it with its lists. So pools number at
- *    most the threads alive at once.
- *  - Blocks its own thread frees go back to malloc once the pool holds
- *    about POOL_KEEP (blocks taken from the remote list are not counted:
- *    counting would touch each, and those are bounded by what was in
- *    flight anyway).
- *  - Built with AddressSanitizer, blocks come from malloc and go back to it
- *    at once, so that use-after-free stays detectable.
+ *    thread that needs a pool adopts it with its free blocks. So pools
+ *    number at most the threads alive at once.
+ *  - A pool keeps at most POOL_KEEP free blocks; past that, blocks go back
+ *    to malloc.
+ *  - Built with AddressSanitizer, weft_pool_alloc is malloc of the exact
+ *    size and weft_pool_free is free, so that misuse stays detectable.
  *
  * Lock order: pools_lock (adoption) is a leaf; nothing else takes a lock.
  */
@@ -64,34 +67,65 @@ typedef struct weft_pool weft_pool;
  * the payload as aligned as malloc's. */
 typedef struct pool_blk {
     weft_pool *pool;
-    struct pool_blk *next; /* while free */
+    struct pool_blk *next; /* a batch, on a remote list */
 } pool_blk;
 
+/* A batch: a free block whose payload lists up to BATCH more free blocks of
+ * the same pool. A thread frees other pools' blocks into a batch of its
+ * own (one per thread, for the pool it last freed to) and pushes it whole:
+ * one CAS per BATCH blocks, and the owner reads pointers from an array
+ * instead of chasing a list through blocks last written on another core. */
+enum { BATCH = (WEFT_POOL_MAX - 8) / sizeof(pool_blk *) };
+typedef struct pool_batch {
+    int n;
+    pool_blk *blk[BATCH];
+} pool_batch;
+
 struct weft_pool {
-    pool_blk *local; /* owner only */
-    int nlocal;      /* owner only: about how many blocks `local` holds */
-    _Atomic(pool_blk *) remote;
+    pool_blk *stack[POOL_KEEP]; /* owner only: free blocks */
+    int n;
+    _Atomic(pool_blk *) remote; /* batches */
     atomic_int owned;
     weft_pool *all; /* pools_lock: the list of every pool */
 };
 
 _Static_assert(sizeof(pool_blk) == 16, "pool block header must keep 16-byte alignment");
+_Static_assert(sizeof(pool_batch) <= WEFT_POOL_MAX, "a batch must fit in a block");
 
 static weft_mutex pools_lock = WEFT_MUTEX_INIT;
 static weft_pool *pools;
 static _Thread_local weft_pool *tls_pool;
-static pthread_key_t pool_key;
+static _Thread_local pool_blk *tls_batch; /* the batch being filled */
+static pthread_key_t pool_key, batch_key;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
+static void batch_push(pool_blk *c) {
+    weft_pool *p = c->pool;
+    pool_blk *head = atomic_load_explicit(&p->remote, memory_order_relaxed);
+    do
+        c->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&p->remote, &head, c, memory_order_release,
+                                                  memory_order_relaxed));
+}
+
 /* At thread exit: the pool is up for adoption; frees this thread still
- * makes (later destructors) go to its remote list like anyone else's. */
+ * makes (later destructors) go out in batches like anyone else's. */
 static void pool_release(void *arg) {
     tls_pool = NULL;
     atomic_store_explicit(&((weft_pool *)arg)->owned, 0, memory_order_release);
 }
 
+/* At thread exit: the batch being filled goes to its pool. */
+static void batch_release(void *arg) {
+    (void)arg;
+    if (tls_batch)
+        batch_push(tls_batch);
+    tls_batch = NULL;
+}
+
 static void pool_key_init(void) {
     (void)pthread_key_create(&pool_key, pool_release);
+    (void)pthread_key_create(&batch_key, batch_release);
 }
 
 /* This thread's pool, adopting an abandoned one or making one. */
@@ -120,20 +154,36 @@ static weft_pool *pool_self(void) {
     return p;
 }
 
+/* Owner: a free block onto the stack, or back to malloc if it is full. */
+static void stack_put(weft_pool *p, pool_blk *b) {
+    if (p->n < POOL_KEEP)
+        p->stack[p->n++] = b;
+    else
+        free(b);
+}
+
+/* Owner: takes every batch freed to p by other threads. */
+static void take_remote(weft_pool *p) {
+    pool_blk *c = atomic_exchange_explicit(&p->remote, NULL, memory_order_acquire);
+    while (c) {
+        pool_blk *next = c->next;
+        pool_batch *bt = (pool_batch *)(c + 1);
+        for (int i = 0; i < bt->n; i++)
+            stack_put(p, bt->blk[i]);
+        stack_put(p, c);
+        c = next;
+    }
+}
+
 void *weft_pool_alloc(size_t len) {
     if (len > WEFT_POOL_MAX)
         return NULL;
     weft_pool *p = pool_self();
-    pool_blk *b;
-    if (p && !p->local && atomic_load_explicit(&p->remote, memory_order_relaxed))
-        p->local = atomic_exchange_explicit(&p->remote, NULL, memory_order_acquire);
-    if (p && (b = p->local)) {
-        p->local = b->next;
-        if (p->nlocal > 0)
-            p->nlocal--;
-        return b + 1;
-    }
-    b = malloc(sizeof *b + WEFT_POOL_MAX);
+    if (p && p->n == 0 && atomic_load_explicit(&p->remote, memory_order_relaxed))
+        take_remote(p);
+    if (p && p->n > 0)
+        return p->stack[--p->n] + 1;
+    pool_blk *b = malloc(sizeof *b + WEFT_POOL_MAX);
     if (!b)
         return NULL;
     b->pool = p;
@@ -150,20 +200,27 @@ void weft_pool_free(void *ptr) {
         return;
     }
     if (p == tls_pool) {
-        if (p->nlocal >= POOL_KEEP) {
-            free(b);
-            return;
-        }
-        b->next = p->local;
-        p->local = b;
-        p->nlocal++;
+        stack_put(p, b);
         return;
     }
-    pool_blk *head = atomic_load_explicit(&p->remote, memory_order_relaxed);
-    do
-        b->next = head;
-    while (!atomic_compare_exchange_weak_explicit(&p->remote, &head, b, memory_order_release,
-                                                  memory_order_relaxed));
+    pool_blk *c = tls_batch;
+    if (c && c->pool == p) {
+        pool_batch *bt = (pool_batch *)(c + 1);
+        bt->blk[bt->n++] = b;
+        if (bt->n == BATCH) {
+            batch_push(c);
+            tls_batch = NULL;
+        }
+        return;
+    }
+    if (c)
+        batch_push(c); /* another pool's: send it now */
+    else {
+        pthread_once(&pool_once, pool_key_init);
+        (void)pthread_setspecific(batch_key, (void *)1); /* so that exit runs batch_release */
+    }
+    ((pool_batch *)(b + 1))->n = 0;
+    tls_batch = b;
 }
 
 #endif /* POOL_OFF */
