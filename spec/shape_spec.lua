@@ -295,4 +295,43 @@ describe("shaped tables", function()
     end)
     assert.are.equal(0, bad)
   end)
+
+  it("send a table whose compiled guess would be large (4 tables of 64 strings), and leave the channel usable", function()
+    -- The guess is one Lua function: it must stay within Lua's limits
+    -- (200 locals), and a send must never raise for plain data. Sent from
+    -- an isolate, whose VM has made no guesses yet.
+    local r = run(function()
+      local back = weft.chan(1)
+      weft.spawn(function(out)
+        local weft = require "weft"
+        local function big()
+          local t = {}
+          for j = 1, 4 do
+            local s = {}
+            for i = 1, 64 do s["k" .. i] = "v" .. j .. "_" .. i end
+            t["t" .. j] = s
+          end
+          return t
+        end
+        local c, unbuffered = weft.chan(2), weft.chan()
+        local sent, err = pcall(c.send, c, big())
+        local v = sent and c:recv()
+        local whole = sent and v.t1.k1 == "v1_1" and v.t4.k64 == "v4_64"
+        for j = 1, 4 do
+          local n = 0
+          for _ in pairs(sent and v["t" .. j] or {}) do n = n + 1 end
+          whole = whole and n == 64
+        end
+        -- an unbuffered send blocks until received: only a send that is
+        -- not stuck in another one's window may block
+        weft.go(function() unbuffered:recv() end)
+        local blocked, err2 = pcall(unbuffered.send, unbuffered, { after = true })
+        out:send({ sent = sent, err = tostring(err), whole = whole, blocked = blocked, err2 = tostring(err2) })
+      end, back)
+      return back:recv()
+    end)
+    assert(r.sent, r.err)
+    assert.is_true(r.whole)
+    assert(r.blocked, r.err2)
+  end)
 end)
