@@ -334,4 +334,63 @@ describe("shaped tables", function()
     assert.is_true(r.whole)
     assert(r.blocked, r.err2)
   end)
+
+  it("never read past the end of damaged bytes (the last byte followed by an unreadable page)", function()
+    -- In a process of its own, since a read past the end ends it.
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local weft = require "weft"
+      local shape = require "weft.shape"
+      local ffi = require "ffi"
+      ffi.cdef "void *mmap(void *, size_t, int, int, int, long); int mprotect(void *, size_t, int);"
+      local PAGE = 65536 -- a multiple of any page size
+      local mem = ffi.cast("uint8_t *", ffi.C.mmap(nil, 2 * PAGE, 3, 0x22, -1, 0)) -- read|write, private|anonymous
+      assert(ffi.cast("intptr_t", mem) ~= -1, "mmap")
+      assert(ffi.C.mprotect(mem + PAGE, PAGE, 0) == 0)
+      local sv = ffi.new("weft_lua_val[1]")
+      local function bytes(t)
+        assert(shape.encode(t, sv, 18))
+        local b = sv[0]
+        local s = ffi.string(b.flags ~= 0 and b.u.p or b.u.b, b.len)
+        ffi.C.weft_lua_val_free(sv)
+        return s
+      end
+      -- at the very end of the readable page
+      local function at_end(s)
+        local p = mem + PAGE - #s
+        ffi.copy(p, s, #s)
+        return p
+      end
+      local good, refused = 0, 0
+      for _, t in ipairs({
+        { "abc", 1.5 }, { "abc", true }, { "abc", { 1 } }, { "abc", "de", 2 },
+        { { "x" }, 1 }, { { "x", 2 }, 3, false }, { a = { b = { "c", 1 } } },
+      }) do
+        local s = bytes(t)
+        assert(shape.decode(at_end(s), #s), "whole bytes decode")
+        good = good + 1
+        for cut = 1, #s - 1 do -- truncated
+          assert(shape.decode(at_end(s:sub(1, cut)), cut) == nil)
+          refused = refused + 1
+        end
+        for i = 1, #s do -- one byte changed, then truncated after it
+          for _, b in ipairs({ 0, 1, 7, 255 }) do
+            local d = s:sub(1, i - 1) .. string.char(b) .. s:sub(i + 1)
+            for cut = i, #d do
+              shape.decode(at_end(d:sub(1, cut)), cut)
+            end
+          end
+        end
+      end
+      print("good=" .. good .. " refused=" .. refused)
+    ]])
+    f:close()
+    local p = io.popen("build/weft " .. script .. " 2>&1; echo status=$?")
+    local out = p:read("*a")
+    p:close()
+    os.remove(script)
+    assert.matches("good=7 refused=%d+", out)
+    assert.matches("status=0", out)
+  end)
 end)

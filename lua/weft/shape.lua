@@ -357,11 +357,19 @@ function compile(id)
   if p == nil then return nil end
   local steps = sbuf.decode(ffi_string(p, lenp[0]))
   local slots, sets, fixed = {}, {}, 0
+  for i = 2, #steps, 2 do fixed = fixed + FIXED[steps[i]] end
+  -- Checked at the start: the bytes that the values take at least. The
+  -- readers of numbers and booleans check nothing, so after each value of
+  -- variable size (a string, a table) what the rest takes is checked again.
+  local rest = fixed
   for i = 1, #steps, 2 do
     local key, vt = key_literal(steps[i]), steps[i + 1]
     slots[#slots + 1] = "[" .. key .. "] = false"
     sets[#sets + 1] = "  t[" .. key .. "] = " .. READERS[vt] .. "\n"
-    fixed = fixed + FIXED[vt]
+    rest = rest - FIXED[vt]
+    if (vt == VT_STR or vt == VT_TAB) and rest > 0 then
+      sets[#sets + 1] = "  if fail(" .. rest .. ") then return false end\n"
+    end
   end
   local code = "local num, str, bool, tab, fail = ...\n" ..
     "return function()\n" ..
