@@ -205,6 +205,47 @@ describe("shaped tables", function()
     assert.are.equal(0, bad)
   end)
 
+  it("encode while finalizers run that send and receive tables themselves", function()
+    -- A finalizer run inside a send's window gets buffers of its own and
+    -- does not take the shaped path; the send around it is unharmed. New
+    -- shapes make the encoder allocate (trie nodes, compiled guesses).
+    jit.flush(); jit.off()
+    local armed = true
+    local ok, res = pcall(run, function()
+      local a, side, pool = weft.chan(1), weft.chan(40000), weft.chan(20000)
+      for i = 1, 20000 do pool:send({ pooled = i }) end
+      local wrong, fins = 0, 0
+      for i = 1, 3000 do
+        local p = newproxy(true)
+        getmetatable(p).__gc = function()
+          if not armed then return end
+          fins = fins + 1
+          side:send({ fin = fins, name = "f" .. fins, pos = { fins } })
+          local v = pool:recv()
+          if type(v) ~= "table" or type(v.pooled) ~= "number" then wrong = wrong + 1 end
+        end
+        local key = "k" .. (i % 97) -- 97 shapes in turn
+        a:send({ [key] = i, name = "o" .. i, pos = { i, -i, { i } } })
+        local v = a:recv()
+        if v[key] ~= i or v.name ~= "o" .. i or v.pos[2] ~= -i or v.pos[3][1] ~= i then wrong = wrong + 1 end
+      end
+      armed = false
+      side:close()
+      local n = 0
+      for v in side:range() do
+        n = n + 1
+        if v.fin ~= n or v.name ~= "f" .. n or v.pos[1] ~= n then wrong = wrong + 1 end
+      end
+      return { wrong = wrong, fins = fins, n = n }
+    end)
+    armed = false
+    jit.on()
+    assert(ok, res)
+    assert.are.equal(0, res.wrong)
+    assert.are.equal(res.fins, res.n)
+    assert.is_true(res.fins > 0)
+  end)
+
   it("fall back when the process-wide registry is full", function()
     -- In a process of its own: 5000 shapes fill the registry (4096), and
     -- 5000 nodes the sender's trie (dropped and started again at 1024).
@@ -303,5 +344,103 @@ describe("shaped tables", function()
       return total
     end)
     assert.are.equal(0, bad)
+  end)
+
+  it("send a table whose compiled guess would be large (4 tables of 64 strings), and leave the channel usable", function()
+    -- The guess is one Lua function: it must stay within Lua's limits
+    -- (200 locals), and a send must never raise for plain data. Sent from
+    -- an isolate, whose VM has made no guesses yet.
+    local r = run(function()
+      local back = weft.chan(1)
+      weft.spawn(function(out)
+        local weft = require "weft"
+        local function big()
+          local t = {}
+          for j = 1, 4 do
+            local s = {}
+            for i = 1, 64 do s["k" .. i] = "v" .. j .. "_" .. i end
+            t["t" .. j] = s
+          end
+          return t
+        end
+        local c, unbuffered = weft.chan(2), weft.chan()
+        local sent, err = pcall(c.send, c, big())
+        local v = sent and c:recv()
+        local whole = sent and v.t1.k1 == "v1_1" and v.t4.k64 == "v4_64"
+        for j = 1, 4 do
+          local n = 0
+          for _ in pairs(sent and v["t" .. j] or {}) do n = n + 1 end
+          whole = whole and n == 64
+        end
+        -- an unbuffered send blocks until received: only a send that is
+        -- not stuck in another one's window may block
+        weft.go(function() unbuffered:recv() end)
+        local blocked, err2 = pcall(unbuffered.send, unbuffered, { after = true })
+        out:send({ sent = sent, err = tostring(err), whole = whole, blocked = blocked, err2 = tostring(err2) })
+      end, back)
+      return back:recv()
+    end)
+    assert(r.sent, r.err)
+    assert.is_true(r.whole)
+    assert(r.blocked, r.err2)
+  end)
+
+  it("never read past the end of damaged bytes (the last byte followed by an unreadable page)", function()
+    -- In a process of its own, since a read past the end ends it.
+    local script = [[
+      local weft = require "weft"
+      local shape = require "weft.shape"
+      local ffi = require "ffi"
+      ffi.cdef "void *mmap(void *, size_t, int, int, int, long); int mprotect(void *, size_t, int);"
+      local PAGE = 65536 -- a multiple of any page size
+      local mem = ffi.cast("uint8_t *", ffi.C.mmap(nil, 2 * PAGE, 3, 0x22, -1, 0)) -- read|write, private|anonymous
+      assert(ffi.cast("intptr_t", mem) ~= -1, "mmap")
+      assert(ffi.C.mprotect(mem + PAGE, PAGE, 0) == 0)
+      local sv = ffi.new("weft_lua_val[1]")
+      local function bytes(t)
+        -- a shape gets an id on its fourth table, nested ones first
+        local ok = false
+        for _ = 1, 20 do ok = ok or shape.encode(t, sv, 18) end
+        assert(ok)
+        local b = sv[0]
+        local s = ffi.string(b.flags ~= 0 and b.u.p or b.u.b, b.len)
+        ffi.C.weft_lua_val_free(sv)
+        return s
+      end
+      -- at the very end of the readable page
+      local function at_end(s)
+        local p = mem + PAGE - #s
+        ffi.copy(p, s, #s)
+        return p
+      end
+      local good, refused = 0, 0
+      for _, t in ipairs({
+        { "abc", 1.5 }, { "abc", true }, { "abc", { 1 } }, { "abc", "de", 2 },
+        { { "x" }, 1 }, { { "x", 2 }, 3, false }, { a = { b = { "c", 1 } } },
+      }) do
+        local s = bytes(t)
+        assert(shape.decode(at_end(s), #s), "whole bytes decode")
+        good = good + 1
+        for cut = 1, #s - 1 do -- truncated
+          assert(shape.decode(at_end(s:sub(1, cut)), cut) == nil)
+          refused = refused + 1
+        end
+        for i = 1, #s do -- one byte changed, then truncated after it
+          for _, b in ipairs({ 0, 1, 7, 255 }) do
+            local d = s:sub(1, i - 1) .. string.char(b) .. s:sub(i + 1)
+            for cut = i, #d do
+              shape.decode(at_end(d:sub(1, cut)), cut)
+            end
+          end
+        end
+      end
+      print("good=" .. good .. " refused=" .. refused)
+    ]]
+    assert(not script:find("'", 1, true))
+    local p = io.popen("build/weft -e '" .. script .. "' 2>&1; echo status=$?")
+    local out = p:read("*a")
+    p:close()
+    assert.matches("good=7 refused=%d+", out)
+    assert.matches("status=0", out)
   end)
 end)

@@ -205,6 +205,103 @@ describe("weft.spawn", function()
     end
   end)
 
+  it("builds the same tables as at home from constructors whose register or keys change later", function()
+    -- Keys put back into templates have nil values: whatever the stores
+    -- after a constructor are (conditional, into a register that now holds
+    -- another table, keys removed again, metatables, varargs, multiple
+    -- returns), what the tables hold must not change.
+    local function build(n, ...)
+      local function nothing() return nil end
+      local function two() return 1, 2 end
+      local function desc(t, seen)
+        seen = seen or {}
+        if seen[t] then return "<again>" end
+        seen[t] = true
+        local keys, parts, count = {}, {}, 0
+        for k in pairs(t) do keys[#keys + 1] = k; count = count + 1 end
+        table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+        for _, k in ipairs(keys) do
+          local v = t[k]
+          parts[#parts + 1] = tostring(k) .. "=" .. (type(v) == "table" and desc(v, seen) or tostring(v))
+        end
+        return "{" .. table.concat(parts, ",") .. "|#" .. #t .. "|n" .. count .. "}"
+      end
+      local s = {}
+      for i = 1, n do
+        local a = { x = i }
+        if i % 2 == 0 then a.even = i end
+        a.y = nothing()
+        local b = { k = nothing(), ... }
+        local c = { two() }
+        local d = { p = two(), q = i, two() }
+        local e = { z = i }
+        e = setmetatable({}, { __index = function(_, k) return "idx" .. k end })
+        e.w = i -- the register now holds a table from a call
+        local f = { m = i, gone = nothing() }
+        f.m = nil
+        local g = { __index = nothing(), v = i }
+        local obj = setmetatable({}, g)
+        local g2 = { v = i }
+        g2.__index = g2
+        local obj2 = setmetatable({}, g2)
+        local h = {}
+        for j = 1, 3 do
+          local r = { j = j, o = nothing() }
+          h[j] = r
+        end
+        local cyc = { me = nothing() }
+        cyc.me = cyc
+        local inner = (function(v)
+          local t = { w = v }
+          if v % 3 == 0 then t.three = true end
+          return t
+        end)(i)
+        s[#s + 1] = desc(a) .. desc(b) .. desc(c) .. desc(d) .. desc(e) .. e.foo .. desc(f) ..
+          tostring(obj.v) .. tostring(obj2.v) .. desc(h) .. desc(cyc) .. desc(inner)
+      end
+      return table.concat(s, ";")
+    end
+    local home = build(300, "va1", nil, "va3")
+    assert.matches("^{x=1|#0|n1}{1=va1,3=va3|#1|n2}{1=1,2=2|#2|n2}{1=1,2=2,p=1,q=1|#2|n4}", home)
+    local away = run(function()
+      local c = weft.chan(1)
+      weft.spawn(function(ch, n) ch:send(build(n, "va1", nil, "va3")) end, c, 300)
+      return c:recv()
+    end)
+    assert.are.equal(home, away)
+  end)
+
+  it("builds constructors' tables unchanged where jit.vmdef cannot be loaded", function()
+    -- Without it the codec leaves templates as loaded (LUA_PATH without
+    -- the default path: isolates do not find jit/vmdef.lua).
+    local script = [[
+      local weft = require "weft"
+      local function build(n)
+        local s = {}
+        for i = 1, n do
+          local t = { id = i, name = "n" .. i, none = nil }
+          t.later = i
+          local k = 0
+          for _ in pairs(t) do k = k + 1 end
+          s[#s + 1] = k .. t.name .. t.later
+        end
+        return table.concat(s, ",")
+      end
+      local away, found = weft.run({ procs = 2 }, function()
+        local c = weft.chan(1)
+        weft.spawn(function(ch) ch:send({ build(100), (pcall(require, "jit.vmdef")) }) end, c)
+        local r = c:recv()
+        return r[1], r[2]
+      end)
+      print("same=" .. tostring(away == build(100)) .. " vmdef=" .. tostring(found))
+    ]]
+    assert(not script:find("'", 1, true))
+    local p = io.popen("LUA_PATH='lua/?.lua;lua/?/init.lua' build/weft -e '" .. script .. "' 2>&1")
+    local out = p:read("*a")
+    p:close()
+    assert.matches("same=true vmdef=false", out)
+  end)
+
   it("rebinds _G to the isolate's environment", function()
     local leaked, got = run(function()
       local G = _G

@@ -201,18 +201,25 @@ local misses, skip = 0, 0
 
 -- The shape tree of t, which walk() has just accepted (so every trie node
 -- on its path exists and has an id): { id, {key, vt, subtree or false}... }.
-local function tree(t)
+-- nil if t is no longer what walk() saw (a finalizer may change it).
+local function tree(t, depth)
+  if depth > MAX_DEPTH then return nil end
   local node, d = root, { false }
   local k, v = next(t)
   while k ~= nil do
     local tv = type(v)
     local vt = tv == "number" and VT_NUM or tv == "string" and VT_STR or
-      tv == "boolean" and VT_BOOL or VT_TAB
-    d[#d + 1] = { k, vt, vt == VT_TAB and tree(v) }
-    node = node[vt][k]
+      tv == "boolean" and VT_BOOL or tv == "table" and VT_TAB
+    local kids = vt and node[vt]
+    node = kids and kids[k]
+    if not node then return nil end
+    local sub = vt == VT_TAB and tree(v, depth + 1)
+    if vt == VT_TAB and not sub then return nil end
+    d[#d + 1] = { k, vt, sub }
     k, v = next(t, k)
   end
   d[1] = node[ID]
+  if not d[1] or d[1] < 0 then return nil end
   return d
 end
 
@@ -236,7 +243,8 @@ local function encoder_source(d)
     for i = 0, j - 1 do emit("if t%d == t%d then return nil end", j, i) end
     emit("local s%d = o", j)
     emit("o = o + 4")
-    emit("local k%d, v = next(t%d)", j, j)
+    emit("local k%d", j)
+    emit("k%d, v = next(t%d)", j, j)
     for i = 2, #d do
       local key, vt, sub = d[i][1], d[i][2], d[i][3]
       if i > 2 then emit("k%d, v = next(t%d, k%d)", j, j, j) end
@@ -247,7 +255,7 @@ local function encoder_source(d)
         emit("o = o + 8")
       elseif vt == VT_STR then
         emit("if type(v) ~= 'string' then return nil end")
-        emit("local len = #v")
+        emit("len = #v")
         emit("if o + 4 + len + FIXED > MAX_BYTES then return nil end")
         emit("ffi_cast(u32p, buf + o)[0] = len")
         emit("ffi_copy(buf + o + 4, v, len)")
@@ -269,7 +277,8 @@ local function encoder_source(d)
   emit("local next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES = ...")
   emit("local FIXED = %d", fixed_size(d))
   emit("return function(t0)")
-  emit("local o = 0")
+  -- Locals per table, not per value: a function may have 200 at most.
+  emit("local o, v, len = 0")
   emit("if FIXED > MAX_BYTES then return nil end")
   table_code(d)
   emit("return o")
@@ -280,16 +289,20 @@ end
 -- The compiled encoder for t, which walk() has just accepted and whose walk
 -- ended at trie node `node`: the one made for the first table that ended
 -- there (nested tables included; if t's nested shapes differ, that encoder
--- refuses t and walk() does the work), or nil once MAX_ENCODERS exist.
+-- refuses t and walk() does the work), or nil once MAX_ENCODERS exist or
+-- when it cannot be made (false is kept).
 local function encoder_for(t, node)
   local e = node[ENC]
   if e == nil then
-    e = false
-    if nencoders < MAX_ENCODERS then
-      local chunk = assert(loadstring(encoder_source(tree(t)), "=weft.shape"))
-      e = chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES)
-      nencoders = nencoders + 1
+    if nencoders >= MAX_ENCODERS then
+      node[ENC] = false
+      return nil
     end
+    local d = tree(t, 1)
+    if not d then return nil end -- t changed since its walk: another time
+    local chunk = loadstring(encoder_source(d), "=weft.shape")
+    e = chunk and chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES) or false
+    nencoders = nencoders + 1
     node[ENC] = e
   end
   return e or nil
@@ -379,11 +392,19 @@ function compile(id)
   if p == nil then return nil end
   local steps = sbuf.decode(ffi_string(p, lenp[0]))
   local slots, sets, fixed = {}, {}, 0
+  for i = 2, #steps, 2 do fixed = fixed + FIXED[steps[i]] end
+  -- Checked at the start: the bytes that the values take at least. The
+  -- readers of numbers and booleans check nothing, so after each value of
+  -- variable size (a string, a table) what the rest takes is checked again.
+  local rest = fixed
   for i = 1, #steps, 2 do
     local key, vt = key_literal(steps[i]), steps[i + 1]
     slots[#slots + 1] = "[" .. key .. "] = false"
     sets[#sets + 1] = "  t[" .. key .. "] = " .. READERS[vt] .. "\n"
-    fixed = fixed + FIXED[vt]
+    rest = rest - FIXED[vt]
+    if (vt == VT_STR or vt == VT_TAB) and rest > 0 then
+      sets[#sets + 1] = "  if fail(" .. rest .. ") then return false end\n"
+    end
   end
   local code = "local num, str, bool, tab, fail = ...\n" ..
     "return function()\n" ..
