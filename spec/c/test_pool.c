@@ -13,7 +13,7 @@
 enum { PRODUCERS = 4, PER_PRODUCER = 50000 };
 
 typedef struct {
-    weft_chan *c;
+    weft_chan *c, *done;
     atomic_int producers_left;
     atomic_llong received, sum;
     atomic_int corrupt;
@@ -72,6 +72,12 @@ static void consumer(void *arg) {
     }
 }
 
+static void consumer_goroutine(void *arg) {
+    xfer *x = arg;
+    consumer(x);
+    CHECK_EQ(weft_chan_send(x->done, weft_val_int(1)), WEFT_OK);
+}
+
 static producer_arg pargs[PRODUCERS];
 
 static void xfer_main(void *arg) {
@@ -81,8 +87,10 @@ static void xfer_main(void *arg) {
         pargs[i].id = i;
         weft_go(producer, &pargs[i]);
     }
-    weft_go(consumer, x);
+    weft_go(consumer_goroutine, x);
     consumer(x);
+    weft_val v; /* the engine stops when main returns: wait for the other */
+    CHECK_EQ(weft_chan_recv(x->done, &v), 1);
 }
 
 /* Values in pooled blocks cross processors (native goroutines migrate, so
@@ -92,12 +100,14 @@ static void test_cross_processor(void) {
     xfer x;
     memset(&x, 0, sizeof x);
     x.c = weft_chan_new(128);
+    x.done = weft_chan_new(1);
     atomic_init(&x.producers_left, PRODUCERS);
     ctest_run(2, xfer_main, &x);
     CHECK_EQ(atomic_load(&x.received), (long long)PRODUCERS * PER_PRODUCER);
     CHECK_EQ(atomic_load(&x.sum), (long long)PRODUCERS * PER_PRODUCER * (PER_PRODUCER - 1) / 2);
     CHECK_EQ(atomic_load(&x.corrupt), 0);
     weft_chan_release(x.c);
+    weft_chan_release(x.done);
 }
 
 /* ---- threads that come and go --------------------------------------------- */
