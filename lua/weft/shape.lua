@@ -3,12 +3,14 @@
 -- Messages between goroutines are mostly small records built by the same
 -- constructor again and again ({id = i, name = s, pos = {x, y, z}}). Their
 -- keys and value types (the shape) repeat; only the values change. The sender
--- walks the table once with `next`, writing each value into a scratch buffer
--- and following a trie of (value type, key) steps to the shape's id; the
--- receiver runs a constructor compiled once per shape and VM, which builds
--- the table from a template (LuaJIT duplicates a constructor's template, key
--- slots included) and fills it from the bytes. Both sides are plain Lua that
--- the JIT compiles.
+-- first tries the encoder compiled for the shape it last sent (straight-line
+-- code: see "compiled encoders" below); if the table differs, it walks it
+-- once with `next`, writing each value into a scratch buffer and following a
+-- trie of (value type, key) steps to the shape's id. The receiver runs a
+-- constructor compiled once per shape and VM, which builds the table from a
+-- template (LuaJIT duplicates a constructor's template, key slots included)
+-- and fills it from the bytes. Both sides are plain Lua that the JIT
+-- compiles.
 --
 -- Ids are process-wide (bindings/shape.c): the first sender of a shape
 -- registers its descriptor (the keys and value types, in string.buffer
@@ -27,8 +29,8 @@
 --
 -- The scratch buffer, the trie and the walk state are this VM's. encode()
 -- allocates nothing on its fast path; when it meets a new shape it makes
--- trie nodes, and a finalizer run then must not call encode() (init.lua
--- gives finalizers a path of their own). decode() saves and restores its
+-- trie nodes and compiles code, and a finalizer run then must not call
+-- encode() (init.lua gives finalizers a path of their own). decode() saves and restores its
 -- cursor, so a finalizer may decode inside a decode.
 
 local ffi = require "ffi"
