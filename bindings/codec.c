@@ -346,8 +346,10 @@ static const char HELPER_SRC[] =
  * stores (TSETS) into the register of each template duplication (TDUP) that
  * follow it, and puts those keys back into the template with nil values,
  * as the parser had them. A key too many only sizes the template larger:
- * a nil-valued entry is invisible to Lua. Without jit.util or jit.vmdef it
- * does nothing. */
+ * a nil-valued entry is invisible to Lua. What it found is kept per
+ * bytecode hash, so loading the same function again (each spawn of it)
+ * costs the key insertions only. Without jit.util or jit.vmdef it does
+ * nothing. */
 static const char TEMPLATES_SRC[] =
     "local okj, ju = pcall(require, 'jit.util')\n"
     "local okv, vmdef = pcall(require, 'jit.vmdef')\n"
@@ -361,15 +363,20 @@ static const char TEMPLATES_SRC[] =
     "  if n == 'TDUP' then TDUP = i elseif n == 'TSETS' then TSETS = i elseif n == 'TNEW' then TNEW = i end\n"
     "end\n"
     "if not (TDUP and TSETS and TNEW) then return nil end\n"
-    "local SCAN = 256\n"
-    "local function fix(fn, depth)\n"
+    "local SCAN, MAX_PLANS = 256, 1024\n"
+    "-- What a function needs, as steps {child path, template constant, keys},\n"
+    "-- kept per bytecode hash: the same function loaded again (every spawn of\n"
+    "-- it) is fixed without scanning its bytecode.\n"
+    "local plans, nplans = {}, 0\n"
+    "local function scan(fn, depth, path, plan)\n"
     "  local info = funcinfo(fn)\n"
     "  local n = info and info.bytecodes\n"
     "  if not n or depth > 64 then return end\n"
     "  for pc = 1, n - 1 do\n"
     "    local ins = funcbc(fn, pc)\n"
     "    if ins and band(ins, 0xff) == TDUP then\n"
-    "      local a, tpl = band(rshift(ins, 8), 0xff), funck(fn, -rshift(ins, 16) - 1)\n"
+    "      local a, d = band(rshift(ins, 8), 0xff), rshift(ins, 16)\n"
+    "      local tpl = funck(fn, -d - 1)\n"
     "      if type(tpl) == 'table' then\n"
     "        local keys, nk = {}, 0\n"
     "        for q = pc + 1, math.min(pc + SCAN, n - 1) do\n"
@@ -382,21 +389,50 @@ static const char TEMPLATES_SRC[] =
     "            break\n"
     "          end\n"
     "        end\n"
-    "        for i = 1, nk do rawset(tpl, keys[i], true) end\n"
-    "        for i = 1, nk do rawset(tpl, keys[i], nil) end\n"
+    "        if nk > 0 then plan[#plan + 1] = { { unpack(path) }, d, keys } end\n"
     "      end\n"
     "    end\n"
     "  end\n"
     "  for i = 1, math.huge do\n"
     "    local k = funck(fn, -i)\n"
     "    if k == nil then break end\n"
-    "    if type(k) == 'proto' then fix(k, depth + 1) end\n"
+    "    if type(k) == 'proto' then\n"
+    "      path[#path + 1] = i\n"
+    "      scan(k, depth + 1, path, plan)\n"
+    "      path[#path] = nil\n"
+    "    end\n"
     "  end\n"
     "end\n"
-    "return function(fn) pcall(fix, fn, 0) end\n";
+    "local function apply(fn, plan)\n"
+    "  for s = 1, #plan do\n"
+    "    local step = plan[s]\n"
+    "    local p, path, keys = fn, step[1], step[3]\n"
+    "    for i = 1, #path do p = funck(p, -path[i]) end\n"
+    "    local tpl = funck(p, -step[2] - 1)\n"
+    "    local fresh = type(tpl) == 'table'\n"
+    "    for i = 1, #keys do\n"
+    "      if fresh and rawget(tpl, keys[i]) ~= nil then fresh = false end\n"
+    "    end\n"
+    "    if fresh then\n"
+    "      for i = 1, #keys do rawset(tpl, keys[i], true) end\n"
+    "      for i = 1, #keys do rawset(tpl, keys[i], nil) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return function(fn, key)\n"
+    "  local plan = plans[key]\n"
+    "  if not plan then\n"
+    "    plan = {}\n"
+    "    if not pcall(scan, fn, 0, {}, plan) then return end\n"
+    "    if nplans >= MAX_PLANS then plans, nplans = {}, 0 end\n"
+    "    plans[key], nplans = plan, nplans + 1\n"
+    "  end\n"
+    "  pcall(apply, fn, plan)\n"
+    "end\n";
 
-/* Runs TEMPLATES_SRC's function on the Lua function at stack index f. */
-static void fix_templates(lua_State *L, int f) {
+/* Runs TEMPLATES_SRC's function on the Lua function at stack index f,
+ * whose bytecode has the keyed hash h. */
+static void fix_templates(lua_State *L, int f, uint64_t h) {
     lua_pushlightuserdata(L, &k_templates);
     lua_rawget(L, LUA_REGISTRYINDEX);
     if (lua_isnil(L, -1)) {
@@ -412,7 +448,8 @@ static void fix_templates(lua_State *L, int f) {
     }
     if (lua_isfunction(L, -1)) {
         lua_pushvalue(L, f);
-        lua_call(L, 1, 0); /* it catches its own errors */
+        lua_pushlstring(L, (const char *)&h, sizeof h);
+        lua_call(L, 2, 0); /* it catches its own errors */
     } else {
         lua_pop(L, 1);
     }
@@ -1836,7 +1873,7 @@ static int dec_function(dec *d) {
         return corrupt(d, "bad function bytecode: %s", msg ? msg : "?");
     }
     int f = lua_gettop(L);
-    fix_templates(L, f);
+    fix_templates(L, f, h);
     if (d->env) {
         lua_pushvalue(L, DS_ENV);
         lua_setfenv(L, f);
