@@ -2182,56 +2182,41 @@ static int dec_protected(lua_State *L) {
     return 1;
 }
 
-/* A WEFT_CODEC_TAG_PLAIN value: require("string.buffer").decode(bytes). */
-static int dec_plain(lua_State *L, const weft_val *v, char *err, size_t errlen) {
+/* A value whose bytes a Lua module decodes: require(module).decode(bytes)
+ * with the bytes as a string (as_string), else decode(pointer, length);
+ * the decoder returns the value, or raises or returns nil and a message.
+ * what: the kind of data, for messages. */
+static int dec_by_module(lua_State *L, const weft_val *v, const char *module, int as_string,
+                         const char *what, char *err, size_t errlen) {
     const void *p = weft_val_data(v);
     if ((!(v->flags & WEFT_VAL_HEAP) && v->len > sizeof v->u) || !p) {
-        set_err(err, errlen, "cannot decode value: bad plain data");
+        set_err(err, errlen, "cannot decode value: bad %s", what);
         return -1;
     }
     int top = lua_gettop(L);
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "string.buffer");
+    lua_pushstring(L, module);
     if (lua_pcall(L, 1, 1, 0) == 0) {
         lua_getfield(L, -1, "decode");
-        lua_pushlstring(L, p, v->len);
-        if (lua_pcall(L, 1, 1, 0) == 0) {
+        if (as_string) {
+            lua_pushlstring(L, p, v->len);
+        } else {
+            lua_pushlightuserdata(L, (void *)p);
+            lua_pushnumber(L, (lua_Number)v->len);
+        }
+        if (lua_pcall(L, as_string ? 1 : 2, 2, 0) == 0 && !lua_isnil(L, -2)) {
+            lua_pop(L, 1);
             lua_replace(L, top + 1);
             lua_settop(L, top + 1);
             return 0;
         }
     }
     const char *msg = lua_tostring(L, -1);
-    set_err(err, errlen, "cannot decode value: %s", msg ? msg : "plain data");
-    lua_settop(L, top);
-    return -1;
-}
-
-/* A WEFT_CODEC_TAG_SHAPED value: require("weft.shape").decode(p, len). */
-static int dec_shaped(lua_State *L, const weft_val *v, char *err, size_t errlen) {
-    const void *p = weft_val_data(v);
-    if ((!(v->flags & WEFT_VAL_HEAP) && v->len > sizeof v->u) || !p) {
-        set_err(err, errlen, "cannot decode value: bad shaped table");
-        return -1;
-    }
-    int top = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "weft.shape");
-    if (lua_pcall(L, 1, 1, 0) == 0) {
-        lua_getfield(L, -1, "decode");
-        lua_pushlightuserdata(L, (void *)p);
-        lua_pushnumber(L, (lua_Number)v->len);
-        if (lua_pcall(L, 2, 2, 0) == 0) {
-            if (!lua_isnil(L, -2)) {
-                lua_pop(L, 1);
-                lua_replace(L, top + 1);
-                lua_settop(L, top + 1);
-                return 0;
-            }
-        }
-    }
-    const char *msg = lua_tostring(L, -1);
-    set_err(err, errlen, "%s", msg ? msg : "cannot decode value: bad shaped table");
+    static const char prefix[] = "cannot decode value: ";
+    if (msg && strncmp(msg, prefix, sizeof prefix - 1) == 0)
+        set_err(err, errlen, "%s", msg);
+    else
+        set_err(err, errlen, "%s%s", prefix, msg ? msg : what);
     lua_settop(L, top);
     return -1;
 }
@@ -2273,9 +2258,9 @@ int weft_codec_decode_named(lua_State *L, const weft_val *v, int resolver, int e
         lua_pushlightuserdata(L, v->u.p);
         return 0;
     case WEFT_CODEC_TAG_PLAIN:
-        return dec_plain(L, v, err, errlen);
+        return dec_by_module(L, v, "string.buffer", 1, "plain data", err, errlen);
     case WEFT_CODEC_TAG_SHAPED:
-        return dec_shaped(L, v, err, errlen);
+        return dec_by_module(L, v, "weft.shape", 0, "shaped table", err, errlen);
     case WEFT_TAG_INT64:
     case WEFT_TAG_UINT64:
     case WEFT_CODEC_TAG_BLOB:

@@ -214,16 +214,8 @@ void weft_lua_drop(void) {
  * bytes, WEFT_CODEC_TAG_PLAIN for serialized plain data). -1 if out of
  * memory. */
 int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag) {
-    void *dst;
-    if (len > sizeof v->u && len <= WEFT_POOL_MAX) {
-        /* mostly freed by another processor's thread (pool.c) */
-        v->len = (uint32_t)len;
-        v->tag = (uint16_t)tag;
-        v->flags = WEFT_VAL_HEAP | WEFT_VAL_POOLED;
-        dst = v->u.p = weft_pool_alloc(len);
-    } else {
-        dst = len <= UINT32_MAX ? weft_val_alloc(v, (uint32_t)len, (uint16_t)tag) : NULL;
-    }
+    /* mostly received, and freed, on another processor's thread */
+    void *dst = len <= UINT32_MAX ? weft_val_alloc_pooled(v, (uint32_t)len, (uint16_t)tag) : NULL;
     if (!dst) {
         v->len = 0, v->flags = 0, v->tag = WEFT_TAG_RAW;
         return -1;
@@ -235,10 +227,7 @@ int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag) {
 /* Frees a value's heap buffer once Lua has read it (the value itself may
  * have been reused meanwhile); flags: the value's. */
 void weft_lua_free(void *p, int flags) {
-    if (flags & WEFT_VAL_POOLED)
-        weft_pool_free(p);
-    else
-        free(p);
+    weft_val_buffer_free(p, (uint16_t)flags);
 }
 
 void weft_lua_val_free(weft_val *v) {

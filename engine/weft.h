@@ -184,11 +184,27 @@ enum { WEFT_POOL_MAX = 240 };
 void *weft_pool_alloc(size_t len);
 void weft_pool_free(void *p);
 
+/* weft_val_alloc for a value mostly freed by another thread: a buffer of
+ * more than 8 bytes comes from the pool when it fits a block. */
+static inline void *weft_val_alloc_pooled(weft_val *v, uint32_t len, uint16_t tag) {
+    if (len <= sizeof v->u || len > WEFT_POOL_MAX)
+        return weft_val_alloc(v, len, tag);
+    v->len = len;
+    v->tag = tag;
+    v->flags = WEFT_VAL_HEAP | WEFT_VAL_POOLED;
+    v->u.p = weft_pool_alloc(len);
+    return v->u.p;
+}
+/* Frees a value's buffer p, given the value's flags (nothing if inline). */
+static inline void weft_val_buffer_free(void *p, uint16_t flags) {
+    if (flags & WEFT_VAL_POOLED)
+        weft_pool_free(p);
+    else if (flags & WEFT_VAL_HEAP)
+        free(p);
+}
+
 static inline void weft_val_free(weft_val *v) {
-    if (v->flags & WEFT_VAL_POOLED)
-        weft_pool_free(v->u.p);
-    else if (v->flags & WEFT_VAL_HEAP)
-        free(v->u.p);
+    weft_val_buffer_free(v->u.p, v->flags);
     v->flags = 0;
     v->len = 0;
     v->u.u = 0;

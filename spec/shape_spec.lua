@@ -9,6 +9,12 @@ local function run(fn, ...)
   return weft.run({ procs = 2 }, fn, ...)
 end
 
+-- Spawned: sends back what it receives, decoded in its VM and encoded again.
+local function echo(input, output)
+  for v in input:range() do output:send(v) end
+  output:close()
+end
+
 -- Deep equality that also compares NaN with NaN, -0 with -0 and the
 -- absence of metatables.
 local function same(a, b, path)
@@ -50,11 +56,7 @@ describe("shaped tables", function()
   it("round-trip inside one VM and between VMs, repeatedly", function()
     local got = run(function()
       local out, back = weft.chan(64), weft.chan(64)
-      -- an isolate echoes what it receives: decoded there, encoded again
-      weft.spawn(function(i, o)
-        for v in i:range() do o:send(v) end
-        o:close()
-      end, out, back)
+      weft.spawn(echo, out, back)
       weft.go(function()
         for _ = 1, 50 do
           for _, m in ipairs(samples()) do out:send(m) end
@@ -126,10 +128,7 @@ describe("shaped tables", function()
   it("give every VM the same ids: many distinct shapes cross and come back", function()
     local bad = run(function()
       local out, back = weft.chan(16), weft.chan(16)
-      weft.spawn(function(i, o)
-        for v in i:range() do o:send(v) end
-        o:close()
-      end, out, back)
+      weft.spawn(echo, out, back)
       weft.go(function()
         for n = 1, 300 do
           local t = {}
@@ -266,10 +265,7 @@ describe("shaped tables", function()
   it("take a compiled guess per shape and fall back whenever a table differs from it", function()
     local out = run(function()
       local c, back = weft.chan(64), weft.chan(64)
-      weft.spawn(function(i, o)
-        for v in i:range() do o:send(v) end
-        o:close()
-      end, c, back)
+      weft.spawn(echo, c, back)
       local inner = { 7 }
       local msgs = {}
       for i = 1, 200 do msgs[#msgs + 1] = { a = i, b = "s" .. i, p = { i, -i } } end -- one shape, many times

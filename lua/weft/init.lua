@@ -322,13 +322,15 @@ local function take(rv, nested)
   local b = rv[0]
   local tag = b.tag
   if tag == TAG_NUMBER then return b.u.d end
-  if tag == TAG_RAW or tag == TAG_PLAIN then
+  if tag == TAG_RAW or tag == TAG_PLAIN or tag == TAG_SHAPED then
     local len, flags = b.len, b.flags
     local heap = flags ~= 0
     local p = heap and b.u.p or nil
-    local v
+    local v, err
     if tag == TAG_RAW then
       v = ffi_string(heap and p or b.u.b, len)
+    elseif tag == TAG_SHAPED then
+      v, err = shape_decode(heap and p or b.u.b, len)
     elseif nested then
       v = sbuf.decode(ffi_string(heap and p or b.u.b, len))
     else
@@ -336,17 +338,9 @@ local function take(rv, nested)
       v = DEC:decode()
     end
     if heap then C.weft_lua_free(p, flags) end
-    return v
-  end
-  if tag == TAG_BOOL then return b.u.i ~= 0 end
-  if tag == TAG_SHAPED then
-    local flags = b.flags
-    local heap = flags ~= 0
-    local p = heap and b.u.p or nil
-    local v, err = shape_decode(heap and p or b.u.b, b.len)
-    if heap then C.weft_lua_free(p, flags) end
     return v, err
   end
+  if tag == TAG_BOOL then return b.u.i ~= 0 end
   local ok, v = pcall(core_decode, rv)
   if ok then return v end
   return nil, v

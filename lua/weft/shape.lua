@@ -64,7 +64,11 @@ local HITS = 10 -- walks that ended here before the node had an id
 
 local u8p, u32p, dblp = ffi.typeof("uint8_t *"), ffi.typeof("uint32_t *"), ffi.typeof("double *")
 local buf = ffi.new("uint8_t[?]", MAX_BYTES)
-local root = { nil, nil, nil, nil, nil, nil, nil, nil, nil, 0 }
+-- A trie node reached from parent by a value of type vt under key k.
+local function trie_node(parent, k, vt)
+  return { nil, nil, nil, nil, nil, parent, k, vt, nil, 0 }
+end
+local root = trie_node(nil, nil, nil)
 local nnodes, full = 0, false
 local seen, nseen = {}, 0
 
@@ -88,7 +92,7 @@ local function new_node(node, vt, k)
     kids = {}
     node[vt] = kids
   end
-  local child = { nil, nil, nil, nil, nil, node, k, vt, nil, 0 }
+  local child = trie_node(node, k, vt)
   kids[k] = child
   nnodes = nnodes + 1
   return child
@@ -327,7 +331,7 @@ local function encode(t, sv, tag)
     for i = 1, nseen do seen[i] = nil end
     if not o then
       if full then
-        root, nnodes, full = { nil, nil, nil, nil, nil, nil, nil, nil, nil, 0 }, 0, false
+        root, nnodes, full = trie_node(nil, nil, nil), 0, false
         current, nencoders = nil, 0
       end
       misses = misses + 1

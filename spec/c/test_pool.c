@@ -36,13 +36,10 @@ static void producer(void *arg) {
     producer_arg *a = arg;
     for (int seq = 0; seq < PER_PRODUCER; seq++) {
         weft_val v;
-        v.u.p = weft_pool_alloc(WEFT_POOL_MAX);
-        CHECK(v.u.p != NULL);
+        CHECK(weft_val_alloc_pooled(&v, WEFT_POOL_MAX, WEFT_TAG_RAW) != NULL);
+        CHECK_EQ(v.flags, WEFT_VAL_HEAP | WEFT_VAL_POOLED);
         if (!v.u.p)
             break;
-        v.len = WEFT_POOL_MAX;
-        v.tag = WEFT_TAG_RAW;
-        v.flags = WEFT_VAL_HEAP | WEFT_VAL_POOLED;
         fill(v.u.p, a->id, seq);
         ((int *)v.u.p)[0] = seq; /* the first bytes carry the sequence */
         ((int *)v.u.p)[1] = a->id; /* and the producer */
@@ -209,12 +206,16 @@ static void test_limits(void) {
     weft_pool_free(NULL);
     /* weft_val_free releases pooled and malloc'd buffers alike */
     weft_val v;
-    v.u.p = weft_pool_alloc(100);
-    v.len = 100;
-    v.tag = WEFT_TAG_RAW;
-    v.flags = WEFT_VAL_HEAP | WEFT_VAL_POOLED;
+    CHECK(weft_val_alloc_pooled(&v, 100, WEFT_TAG_RAW) != NULL);
+    CHECK_EQ(v.flags, WEFT_VAL_HEAP | WEFT_VAL_POOLED);
     weft_val_free(&v);
     CHECK_EQ(v.flags, 0);
+    /* inline up to 8 bytes, malloc'd past a block */
+    CHECK(weft_val_alloc_pooled(&v, 8, WEFT_TAG_RAW) == v.u.b);
+    CHECK_EQ(v.flags, 0);
+    CHECK(weft_val_alloc_pooled(&v, WEFT_POOL_MAX + 1, WEFT_TAG_RAW) != NULL);
+    CHECK_EQ(v.flags, WEFT_VAL_HEAP);
+    weft_val_free(&v);
     weft_val w = weft_val_bytes("0123456789abcdef", 16);
     CHECK_EQ(w.flags, WEFT_VAL_HEAP);
     weft_val_free(&w);
