@@ -221,6 +221,7 @@ struct weft_proc {
     weft_proc *idlelink;
     atomic_int wakespin; /* woken by wakep: spin (already counted in nspinning) */
     bool spinning;
+    int64_t idlepoll; /* ns to poll for work before sleeping (proc.c); owner only */
     uint32_t schedtick;
     uint64_t rng;
 
@@ -353,6 +354,8 @@ void weft_runq_put(weft_proc *p, weft_g *g, bool next);
 weft_g *weft_runq_get(weft_proc *p);
 weft_g *weft_runq_steal(weft_proc *p, weft_proc *victim, bool steal_runnext);
 bool weft_runq_empty(weft_proc *p);
+/* Goroutines in the queue proper (runnext not counted). */
+bool weft_runq_has_queued(weft_proc *p);
 uint32_t weft_runq_len(weft_proc *p);
 void weft_globrunq_put(weft_g *g);
 void weft_globrunq_put_batch(weft_g *head, weft_g *tail, int n);

@@ -41,6 +41,18 @@
  *    re-checks every run queue afterwards: a goroutine readied while it was
  *    giving up is then not stranded (the waker saw nspinning > 0 and did
  *    not wake anyone).
+ *  - A P that found nothing, before it goes idle, polls for a while for
+ *    work (idle_poll) if some other P is running: waking a sleeping P costs
+ *    the waker a system call and, in a virtual machine, an interrupt to a
+ *    halted vCPU (an eventfd write that wakes a sleeping thread took the
+ *    writer 18-24 us on the 2-vCPU KVM guest of bench/RESULTS.md), where
+ *    handing work to a polling P costs a memory write. A spinning P stays
+ *    counted in nspinning while it polls, so wakep() leaves the idle Ps
+ *    alone meanwhile. It does not take other Ps' runnext (their own next
+ *    goroutine, which they are about to run). The window adapts the way
+ *    guest halt polling does: it grows when work came soon after the P gave
+ *    up and slept, and shrinks when the P then slept long, so a P that is
+ *    idle for good stops using its CPU after a few rounds.
  *  - Before blocking in ev_run a P sets `sleeping` and re-checks its inbox;
  *    inbox pushers set inboxn then read `sleeping` (both seq_cst), and send
  *    the ev_async if it is set: one of the two always sees the other.
@@ -630,6 +642,58 @@ static void proc_sleep(weft_proc *p) {
     weft_io_flush(p); /* fd waits the loop finished (poll.c) */
 }
 
+/* idle_poll's window: it starts at POLL_START when work arrives within
+ * POLL_MAX of going to sleep, doubles each time that happens again, up to
+ * POLL_MAX, and halves (to 0 below POLL_START) after each sleep longer than
+ * POLL_MAX. */
+enum { POLL_START = 10000, POLL_MAX = 50000 };
+
+static bool other_runq_queued(weft_proc *p) {
+    for (int i = 0; i < weft_S.nprocs; i++) {
+        weft_proc *v = weft_S.procs[i];
+        if (v != p && weft_runq_has_queued(v))
+            return true;
+    }
+    return false;
+}
+
+/* Polls, without sleeping, for up to p->idlepoll ns, for what find_runnable
+ * would find (other Ps' queues only if p spins: it would not steal else).
+ * True if something came (the caller looks again). */
+static bool idle_poll(weft_proc *p) {
+    if (p->idlepoll <= 0 || atomic_load(&weft_S.npidle) >= weft_S.nprocs - 1)
+        return false; /* no other P is running: nothing would come soon */
+    int64_t start = weft_nanotime();
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&p->inboxn, memory_order_relaxed) ||
+            atomic_load_explicit(&p->diagreq, memory_order_relaxed) || global_nonempty() ||
+            stopping())
+            return true;
+        if (i % 64 == 0) {
+            int64_t now = weft_nanotime();
+            int64_t t0 = atomic_load_explicit(&p->timer0, memory_order_relaxed);
+            if ((t0 && t0 <= now) || (p->spinning && other_runq_queued(p)) || weft_io_poll(p))
+                return true;
+            if (now - start >= p->idlepoll)
+                return false;
+        }
+        weft_cpu_relax();
+    }
+}
+
+static void idle_poll_adapt(weft_proc *p, int64_t slept) {
+    if (slept <= POLL_MAX) {
+        if (p->idlepoll < POLL_MAX)
+            p->idlepoll = p->idlepoll < POLL_START ? POLL_START : 2 * p->idlepoll;
+        if (p->idlepoll > POLL_MAX)
+            p->idlepoll = POLL_MAX;
+    } else if (p->idlepoll > 0) {
+        p->idlepoll /= 2;
+        if (p->idlepoll < POLL_START)
+            p->idlepoll = 0;
+    }
+}
+
 /* Finds a goroutine to run, sleeping in the ev loop while there is none.
  * NULL when the engine stops. */
 static weft_g *find_runnable(weft_proc *p) {
@@ -668,6 +732,9 @@ top:
             return g;
     }
 
+    if (idle_poll(p))
+        goto top;
+
     /* Nothing to do: go idle. */
     weft_mutex_lock(&weft_S.lock);
     if (stopping()) {
@@ -704,8 +771,11 @@ top:
             }
         }
     }
-    if (!global_nonempty())
+    if (!global_nonempty()) {
+        int64_t t = weft_nanotime();
         proc_sleep(p);
+        idle_poll_adapt(p, weft_nanotime() - t);
+    }
     if (idle_leave(p))
         p->spinning = true; /* wakep woke us and counted us as spinning */
     goto top;

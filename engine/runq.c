@@ -156,6 +156,10 @@ bool weft_runq_empty(weft_proc *p) {
     return t == h && atomic_load_explicit(&p->runnext, memory_order_relaxed) == NULL;
 }
 
+bool weft_runq_has_queued(weft_proc *p) {
+    return load_acq(&p->runqtail) != load_acq(&p->runqhead);
+}
+
 uint32_t weft_runq_len(weft_proc *p) {
     uint32_t h = load_acq(&p->runqhead);
     uint32_t t = load_acq(&p->runqtail);
