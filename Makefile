@@ -43,7 +43,7 @@ LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
 BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/sync.c bindings/codec.c \
                  bindings/transfer.c bindings/context.c \
-                 bindings/io.c bindings/diag.c bindings/shape.c
+                 bindings/io.c bindings/diag.c bindings/shape.c bindings/tabkeys.c bindings/vmalloc.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 
@@ -80,7 +80,7 @@ $(BUILD)/weft_core.so: $(BIND_OBJ) $(ENGINE_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS_ENGINE) -ldl
 # -Wl,-E: C modules the script loads (lpeg, ...) find the Lua API in the binary.
 $(BUILD)/weft: engine/main.c $(BIND_OBJ) $(BUILD)/libweft.a
-	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -DWEFT_LUA_DIR='"$(CURDIR)/lua"' -DWEFT_LUA_INSTALL_DIR='"$(LUADIR)"' -o $@ engine/main.c \
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Ibindings -DWEFT_LUA_DIR='"$(CURDIR)/lua"' -DWEFT_LUA_INSTALL_DIR='"$(LUADIR)"' -o $@ engine/main.c \
 	  $(BIND_OBJ) $(BUILD)/libweft.a -Wl,-E $(LUAJIT_LIBS) $(LDLIBS_ENGINE) -ldl
 
 $(BUILD)/examples/c_pipeline: examples/c_pipeline.c $(BUILD)/libweft.a engine/weft.h
@@ -107,9 +107,15 @@ $(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h $(CODEC_SRC)
 	  bindings/transfer.c engine/pool.c engine/lock.c \
 	  $(LUAJIT_LIBS) -lpthread -lm
 
-ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check $(BUILD)/spec/codec_test
+# The Lua VMs' allocator (bindings/vmalloc.c), alone and under LuaJIT.
+$(BUILD)/spec/vmalloc_test: spec/c/vmalloc_test.c bindings/vmalloc.c bindings/vmalloc.h | $(BUILD)/spec
+	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Ibindings -o $@ spec/c/vmalloc_test.c bindings/vmalloc.c \
+	  $(LUAJIT_LIBS) -lm
+
+ctest: $(CTEST_BIN) $(BUILD)/spec/ctx_check $(BUILD)/spec/codec_test $(BUILD)/spec/vmalloc_test
 	$(BUILD)/spec/ctx_check
 	$(BUILD)/spec/codec_test
+	$(BUILD)/spec/vmalloc_test
 	$(CTEST_BIN) $(CTEST_ARGS)
 
 # libFuzzer on the codec: decodes raw bytes, and round-trips values built

@@ -26,6 +26,7 @@
  */
 #include "codec.h"
 #include "host.h"
+#include "tabkeys.h"
 #include "transfer.h"
 
 #include <dlfcn.h>
@@ -455,6 +456,8 @@ int luaopen_weft_core(lua_State *L) {
     lua_setfield(L, -2, "chan_mt");
     lua_pushstring(L, WEFT_VERSION);
     lua_setfield(L, -2, "version");
+    weft_tabkeys_push(L);
+    lua_setfield(L, -2, "nkeys");
     weft_transfer_register(L);
     weft_context_register(L);
     weft_sync_register(L);

@@ -31,6 +31,7 @@
 #include "codec.h"
 #include "host.h"
 #include "transfer.h"
+#include "vmalloc.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -365,7 +366,7 @@ static void host_proc_start(weft_proc *p) {
         vs->L = R.L;
         return;
     }
-    lua_State *L = luaL_newstate();
+    lua_State *L = weft_vm_new();
     if (!L) {
         fatal(strdup("weft: cannot make a Lua VM for a processor (out of memory)"));
         return;
@@ -387,7 +388,7 @@ static void host_proc_start(weft_proc *p) {
         if (s)
             snprintf(s, len, "weft: processor %d cannot load weft: %s", p->id, msg ? msg : "?");
         fatal(s);
-        lua_close(L);
+        weft_vm_close(L);
         return;
     }
     vs->L = L;
@@ -398,7 +399,7 @@ static void host_proc_stop(weft_proc *p) {
     if (p->id == 0 || !vs->L)
         return; /* processor 0's VM is the caller's: weft_host_end */
     pool_drain(vs);
-    lua_close(vs->L);
+    weft_vm_close(vs->L);
     vs->L = NULL;
 }
 

@@ -15,6 +15,7 @@
  */
 #include "diag.h"
 #include "weft.h"
+#include "vmalloc.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -110,7 +111,7 @@ int main(int argc, char **argv) {
     const char *script = i < argc ? argv[i] : (code ? NULL : "-");
     int script_index = code ? i - 1 : i;
 
-    lua_State *L = luaL_newstate();
+    lua_State *L = weft_vm_new();
     if (!L) {
         fprintf(stderr, "weft: cannot create a Lua state\n");
         return 1;
@@ -169,6 +170,6 @@ int main(int argc, char **argv) {
                 msg ? msg : "(error object is not a string)");
         status = strcmp(kind, "load") == 0 ? 1 : 2;
     }
-    lua_close(L);
+    weft_vm_close(L);
     return status;
 }

@@ -35,6 +35,7 @@
 
 local ffi = require "ffi"
 local sbuf = require "string.buffer"
+local nkeys = require("weft_core").nkeys
 
 ffi.cdef [[
 int weft_shape_intern(const char *desc, size_t len);
@@ -63,7 +64,18 @@ local ENC = 9 -- the compiled encoder of tables whose walk ends here (false: non
 local HITS = 10 -- walks that ended here before the node had an id
 
 local u8p, u32p, dblp = ffi.typeof("uint8_t *"), ffi.typeof("uint32_t *"), ffi.typeof("double *")
+local uptr = ffi.typeof("uintptr_t")
 local buf = ffi.new("uint8_t[?]", MAX_BYTES)
+-- Typed reads and writes at a byte offset go through the buffer's address as
+-- a number: ffi_cast(u32p, addr + o)[0], never ffi_cast(u32p, ptr + o)[0].
+-- When the JIT knows ptr as a constant (the receive buffer of init.lua is
+-- one), it records ptr + o as an add of a 64-bit pointer constant, and its
+-- indexing of the cast pointer (crec_reassoc_ofs in lj_crecord.c) folds that
+-- constant into the offset as if it were a 32-bit integer: the load then
+-- reads address o. Seen as a crash decoding small shaped tables on Debian's
+-- LuaJIT 2.1 (GC64); the same code in upstream LuaJIT's v2.1 branch. Byte
+-- reads (ptr[o]) and pointers passed to ffi.copy/ffi.string are not affected.
+local bufa = tonumber(ffi_cast(uptr, buf))
 -- A trie node reached from parent by a value of type vt under key k.
 local function trie_node(parent, k, vt)
   return { nil, nil, nil, nil, nil, parent, k, vt, nil, 0 }
@@ -139,12 +151,12 @@ local function walk(t, o, depth)
     local tv, vt = type(v), nil
     if tv == "number" then
       if o + 8 > MAX_BYTES then return nil end
-      ffi_cast(dblp, buf + o)[0] = v
+      ffi_cast(dblp, bufa + o)[0] = v
       o, vt = o + 8, VT_NUM
     elseif tv == "string" then
       local len = #v
       if o + 4 + len > MAX_BYTES then return nil end
-      ffi_cast(u32p, buf + o)[0] = len
+      ffi_cast(u32p, bufa + o)[0] = len
       ffi_copy(buf + o + 4, v, len)
       o, vt = o + 4 + len, VT_STR
     elseif tv == "boolean" then
@@ -181,7 +193,7 @@ local function walk(t, o, depth)
     id = register(node)
   end
   if id < 0 then return nil end
-  ffi_cast(u32p, buf + start)[0] = id
+  ffi_cast(u32p, bufa + start)[0] = id
   return o, node
 end
 
@@ -194,10 +206,15 @@ end
 -- walk() is a loop, and a loop inside the sender's own loop keeps LuaJIT
 -- from compiling the sender as one trace. So once a table has been walked,
 -- the code that writes a table of exactly that shape (nested tables
--- included) is generated and compiled: straight-line `next` calls that
--- check each key and value type in turn and write the value, then check
--- that no key follows. It returns nil at the first difference (and walk()
--- does the work instead), so a wrong guess costs time, never a wrong value.
+-- included) is generated and compiled: straight-line code that reads each
+-- of the shape's keys, checks its value's type and writes the value. That
+-- proves the keys are there; that no other key is, it proves by counting
+-- the keys of all the message's tables in one call of weft_core.nkeys
+-- (bindings/tabkeys.c). Where nkeys is missing (a LuaJIT whose table layout
+-- it does not know), the code instead follows the keys with `next` calls,
+-- checking each key in turn and that none follows. Either way it returns
+-- nil at the first difference (and walk() does the work instead), so a
+-- wrong guess costs time, never a wrong value.
 -- The last one used is tried first: a stream of one shape never walks.
 
 local FIXED_BYTES = { 8, 4, 1, 0 } -- by value type; a string's bytes come on top
@@ -238,9 +255,32 @@ local function fixed_size(d)
   return n
 end
 
+-- Lua source of the code that writes value v (of type vt) at o. A nested
+-- table is a new local t<n>, written by table_code.
+local function value_code(emit, vt)
+  if vt == VT_NUM then
+    emit("if type(v) ~= 'number' then return nil end")
+    emit("ffi_cast(dblp, bufa + o)[0] = v")
+    emit("o = o + 8")
+  elseif vt == VT_STR then
+    emit("if type(v) ~= 'string' then return nil end")
+    emit("len = #v")
+    emit("if o + 4 + len + FIXED > MAX_BYTES then return nil end")
+    emit("ffi_cast(u32p, bufa + o)[0] = len")
+    emit("ffi_copy(buf + o + 4, v, len)")
+    emit("o = o + 4 + len")
+  elseif vt == VT_BOOL then
+    emit("if type(v) ~= 'boolean' then return nil end")
+    emit("buf[o] = v and 1 or 0")
+    emit("o = o + 1")
+  else
+    emit("if type(v) ~= 'table' then return nil end")
+  end
+end
+
 -- Lua source of the encoder of shape tree d.
 local function encoder_source(d)
-  local out, ntab = {}, 0
+  local out, ntab, nkey = {}, 0, 0
   local function emit(fmt, ...) out[#out + 1] = format(fmt, ...) end
   local function table_code(d)
     local j = ntab
@@ -249,44 +289,43 @@ local function encoder_source(d)
     for i = 0, j - 1 do emit("if t%d == t%d then return nil end", j, i) end
     emit("local s%d = o", j)
     emit("o = o + 4")
-    emit("local k%d", j)
-    emit("k%d, v = next(t%d)", j, j)
+    if not nkeys then
+      emit("local k%d", j)
+      emit("k%d, v = next(t%d)", j, j)
+    end
     for i = 2, #d do
       local key, vt, sub = d[i][1], d[i][2], d[i][3]
-      if i > 2 then emit("k%d, v = next(t%d, k%d)", j, j, j) end
-      emit("if k%d ~= %s then return nil end", j, key_literal(key))
-      if vt == VT_NUM then
-        emit("if type(v) ~= 'number' then return nil end")
-        emit("ffi_cast(dblp, buf + o)[0] = v")
-        emit("o = o + 8")
-      elseif vt == VT_STR then
-        emit("if type(v) ~= 'string' then return nil end")
-        emit("len = #v")
-        emit("if o + 4 + len + FIXED > MAX_BYTES then return nil end")
-        emit("ffi_cast(u32p, buf + o)[0] = len")
-        emit("ffi_copy(buf + o + 4, v, len)")
-        emit("o = o + 4 + len")
-      elseif vt == VT_BOOL then
-        emit("if type(v) ~= 'boolean' then return nil end")
-        emit("buf[o] = v and 1 or 0")
-        emit("o = o + 1")
+      nkey = nkey + 1
+      if nkeys then
+        emit("v = t%d[%s]", j, key_literal(key))
       else
-        emit("if type(v) ~= 'table' then return nil end")
+        if i > 2 then emit("k%d, v = next(t%d, k%d)", j, j, j) end
+        emit("if k%d ~= %s then return nil end", j, key_literal(key))
+      end
+      value_code(emit, vt)
+      if vt == VT_TAB then
         emit("local t%d = v", ntab)
         table_code(sub)
       end
     end
-    emit("if next(t%d, k%d) ~= nil then return nil end", j, j)
-    if #d == 1 then out[#out] = format("if next(t%d) ~= nil then return nil end", j) end
-    emit("ffi_cast(u32p, buf + s%d)[0] = %d", j, d[1])
+    if not nkeys then
+      emit("if next(t%d, k%d) ~= nil then return nil end", j, j)
+      if #d == 1 then out[#out] = format("if next(t%d) ~= nil then return nil end", j) end
+    end
+    emit("ffi_cast(u32p, bufa + s%d)[0] = %d", j, d[1])
   end
-  emit("local next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES = ...")
+  emit("local next, type, getmetatable, ffi_cast, ffi_copy, buf, bufa, dblp, u32p, MAX_BYTES, nkeys = ...")
   emit("local FIXED = %d", fixed_size(d))
   emit("return function(t0)")
   -- Locals per table, not per value: a function may have 200 at most.
   emit("local o, v, len = 0")
   emit("if FIXED > MAX_BYTES then return nil end")
   table_code(d)
+  if nkeys then
+    local ts = {}
+    for j = 0, ntab - 1 do ts[#ts + 1] = "t" .. j end
+    emit("if nkeys(%s) ~= %d then return nil end", concat(ts, ", "), nkey)
+  end
   emit("return o")
   emit("end")
   return concat(out, "\n")
@@ -307,7 +346,8 @@ local function encoder_for(t, node)
     local d = tree(t, 1)
     if not d then return nil end -- t changed since its walk: another time
     local chunk = loadstring(encoder_source(d), "=weft.shape")
-    e = chunk and chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, dblp, u32p, MAX_BYTES) or false
+    e = chunk and chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, bufa, dblp, u32p,
+      MAX_BYTES, nkeys) or false
     nencoders = nencoders + 1
     node[ENC] = e
   end
@@ -346,18 +386,18 @@ end
 
 -- ---- receiving -----------------------------------------------------------------
 
-local src, pos, lim, bad = nil, 0, 0, false
+local src, srca, pos, lim, bad = nil, 0, 0, 0, false -- srca: src's address (see bufa)
 local decoders = {}
 local compile
 
 local function num()
-  local v = ffi_cast(dblp, src + pos)[0]
+  local v = ffi_cast(dblp, srca + pos)[0]
   pos = pos + 8
   return v
 end
 
 local function str()
-  local len = ffi_cast(u32p, src + pos)[0]
+  local len = ffi_cast(u32p, srca + pos)[0]
   if pos + 4 + len > lim then
     bad, pos = true, lim
     return ""
@@ -378,7 +418,7 @@ local function tab()
     bad = true
     return false
   end
-  local id = ffi_cast(u32p, src + pos)[0]
+  local id = ffi_cast(u32p, srca + pos)[0]
   pos = pos + 4
   local d = decoders[id] or compile(id)
   if not d then
@@ -434,11 +474,12 @@ end
 -- The table in p[0..len) (a cdata pointer, or a lightuserdata from C), or
 -- nil and an error message.
 local function decode(p, len)
-  local s0, p0, l0, b0 = src, pos, lim, bad
+  local s0, a0, p0, l0, b0 = src, srca, pos, lim, bad
   src, pos, lim, bad = ffi_cast(u8p, p), 0, len, false
+  srca = tonumber(ffi_cast(uptr, src))
   local v = tab()
   local ok = not bad and pos == lim
-  src, pos, lim, bad = s0, p0, l0, b0
+  src, srca, pos, lim, bad = s0, a0, p0, l0, b0
   if ok then return v end
   return nil, "cannot decode value: bad shaped table"
 end
