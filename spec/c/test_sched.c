@@ -372,13 +372,14 @@ static void ticking(void *arg) {
             break;
     }
     weft_timer_free(tk);
+    weft_chan_release(stop);
 }
 
 static void parallel_main(void *arg) {
     (void)arg;
     weft_chan *stop = weft_chan_new(0);
     hs_done = weft_chan_new(0);
-    weft_go(ticking, stop);
+    weft_go(ticking, weft_chan_retain(stop)); /* ticking's reference: released when it ends */
     for (int i = 0; i < 300 && !atomic_load(&hs_failed); i++) {
         atomic_store(&hs_flag[0], 0);
         atomic_store(&hs_flag[1], 0);
