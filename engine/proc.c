@@ -49,10 +49,14 @@
  *    handing work to a polling P costs a memory write. A spinning P stays
  *    counted in nspinning while it polls, so wakep() leaves the idle Ps
  *    alone meanwhile. It does not take other Ps' runnext (their own next
- *    goroutine, which they are about to run). The window adapts the way
- *    guest halt polling does: it grows when work came soon after the P gave
- *    up and slept, and shrinks when the P then slept long, so a P that is
- *    idle for good stops using its CPU after a few rounds.
+ *    goroutine, which they are about to run). A P that polls without
+ *    spinning is not idle either, so wakep() does not wake it: while no P
+ *    spins it watches the other Ps' queues itself (work readied then found
+ *    no idle P to wake and no spinner to find it), and starts spinning.
+ *    The window adapts the way guest halt polling does: it grows when work
+ *    came soon after the P gave up and slept, and shrinks when the P then
+ *    slept long, so a P that is idle for good stops using its CPU after a
+ *    few rounds.
  *  - Before blocking in ev_run a P sets `sleeping` and re-checks its inbox;
  *    inbox pushers set inboxn then read `sleeping` (both seq_cst), and send
  *    the ev_async if it is set: one of the two always sees the other.
@@ -648,17 +652,25 @@ static void proc_sleep(weft_proc *p) {
  * POLL_MAX. */
 enum { POLL_START = 10000, POLL_MAX = 50000 };
 
-static bool other_runq_queued(weft_proc *p) {
+/* Work in other Ps' run queues that p, polling, should go and take. A
+ * spinning P looks at their queues proper (not their runnext). A P that
+ * polls without spinning looks only while no P spins, and then at runnext
+ * too: wakep() wakes only idle Ps, so work readied meanwhile woke no one,
+ * and no spinner will find it; p looks again and starts spinning. */
+static bool others_have_work(weft_proc *p) {
+    bool spinning = p->spinning;
+    if (!spinning && atomic_load(&weft_S.nspinning) != 0)
+        return false;
     for (int i = 0; i < weft_S.nprocs; i++) {
         weft_proc *v = weft_S.procs[i];
-        if (v != p && weft_runq_has_queued(v))
+        if (v != p && (spinning ? weft_runq_has_queued(v) : !weft_runq_empty(v)))
             return true;
     }
     return false;
 }
 
 /* Polls, without sleeping, for up to p->idlepoll ns, for what find_runnable
- * would find (other Ps' queues only if p spins: it would not steal else).
+ * would find (other Ps' queues as others_have_work says).
  * True if something came (the caller looks again). */
 static bool idle_poll(weft_proc *p) {
     if (p->idlepoll <= 0 || atomic_load(&weft_S.npidle) >= weft_S.nprocs - 1)
@@ -672,7 +684,7 @@ static bool idle_poll(weft_proc *p) {
         if (i % 64 == 0) {
             int64_t now = weft_nanotime();
             int64_t t0 = atomic_load_explicit(&p->timer0, memory_order_relaxed);
-            if ((t0 && t0 <= now) || (p->spinning && other_runq_queued(p)) || weft_io_poll(p))
+            if ((t0 && t0 <= now) || others_have_work(p) || weft_io_poll(p))
                 return true;
             if (now - start >= p->idlepoll)
                 return false;

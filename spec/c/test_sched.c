@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,8 +413,64 @@ static void test_idle_procs_are_woken(void) {
     CHECKF(!atomic_load(&hs_failed), "two runnable goroutines did not run in parallel");
 }
 
+
+/* ---- work readied while processors poll reaches one of them --------------- */
+
+/* Four goroutines that each arrive and then spin, without yielding to the
+ * scheduler, until all four have arrived: they finish only if all four run
+ * at the same time, on the four processors. Between rounds main stays busy
+ * for 5 to 45 us, so the other processors, out of work, poll for it (proc.c
+ * idle_poll), the first two spinning and the third not. The spinners steal
+ * the new goroutines and stop spinning; one still queued behind a spinning
+ * goroutine must then reach the third processor, which is not idle, so
+ * wakep() does not wake it. Left asleep, the round times out. The spin yields
+ * the thread, not the processor: the processors share fewer CPUs. */
+enum { BAR_N = 4 };
+static atomic_int bar_arrived, bar_failed, bar_round;
+static weft_chan *bar_done;
+
+static void bar_child(void *arg) {
+    (void)arg;
+    atomic_fetch_add(&bar_arrived, 1);
+    int64_t deadline = weft_nanotime() + 1000000000;
+    while (atomic_load(&bar_arrived) < BAR_N) {
+        if (weft_nanotime() > deadline) {
+            atomic_store(&bar_failed, 1);
+            break;
+        }
+        sched_yield();
+    }
+    weft_chan_send(bar_done, weft_val_int(1));
+}
+
+static void bar_main(void *arg) {
+    int rounds = (int)(intptr_t)arg;
+    bar_done = weft_chan_new(BAR_N);
+    for (int i = 0; i < rounds && !atomic_load(&bar_failed); i++) {
+        atomic_store(&bar_round, i);
+        atomic_store(&bar_arrived, 0);
+        for (int k = 0; k < BAR_N; k++)
+            weft_go(bar_child, NULL);
+        weft_val v;
+        for (int k = 0; k < BAR_N; k++)
+            weft_chan_recv(bar_done, &v);
+        int64_t until = weft_nanotime() + 5000 + 10000 * (i % 5);
+        while (weft_nanotime() < until)
+            ;
+    }
+    weft_chan_release(bar_done);
+}
+
+static void test_work_reaches_polling_procs(void) {
+    atomic_store(&bar_failed, 0);
+    ctest_run(BAR_N, bar_main, (void *)(intptr_t)(int)(8000 * ctest_scale() + 1));
+    CHECKF(!atomic_load(&bar_failed), "round %d: %d runnable goroutines did not all run on %d processors",
+           atomic_load(&bar_round), BAR_N, BAR_N);
+}
+
 const ctest_case sched_tests[] = {
     {"idle_procs_are_woken", test_idle_procs_are_woken},
+    {"work_reaches_polling_procs", test_work_reaches_polling_procs},
     {"many_goroutines", test_many_goroutines},
     {"work_stealing", test_work_stealing},
     {"yield", test_yield},
