@@ -37,6 +37,15 @@
  * (and LuaJIT's own accounting of its heap depends on those sizes being
  * exact).
  *
+ * Shrinking never fails (Lua assumes it cannot: lj_tab_resize sets a
+ * table's new array size before it shrinks the array, and frees it later
+ * with that size). A block that cannot move to a smaller class stays where
+ * it is. A malloc block shrunk to a slab size when no slab block can be had
+ * stays in malloc as a stray: linked through its bytes past
+ * WEFT_VMALLOC_MAX_SMALL (Lua uses no more than that of it now), and looked
+ * for there, while there are any, before a block of a slab size is taken
+ * for a slab's.
+ *
  * Threads: none of its own. A VM is used by one thread at a time (its
  * processor's), and so is its allocator; there are no locks.
  */
@@ -69,6 +78,7 @@ struct slab {
 #define HEADER_SIZE ((sizeof(slab) + 15) & ~(size_t)15)
 
 struct weft_vmalloc {
+    char *stray;             /* malloc blocks of slab sizes (see Shrinking), or NULL */
     slab *avail[NCLASS + 1]; /* by class: slabs with room */
     slab *empty;             /* slabs with no live block, linked by next */
     slab *all;
@@ -189,8 +199,75 @@ static void small_free(weft_vmalloc *a, void *p) {
     }
 }
 
+/* ---- strays: malloc blocks of slab sizes ---------------------------------- */
+
+#define STRAY_LINK WEFT_VMALLOC_MAX_SMALL /* offset of a stray's link */
+#define STRAY_SIZE (STRAY_LINK + sizeof(char *))
+
+static char *stray_next(const char *b) {
+    char *n;
+    memcpy(&n, b + STRAY_LINK, sizeof n);
+    return n;
+}
+
+static void stray_set_next(char *b, char *n) {
+    memcpy(b + STRAY_LINK, &n, sizeof n);
+}
+
+static void stray_push(weft_vmalloc *a, char *b) {
+    stray_set_next(b, a->stray);
+    a->stray = b;
+}
+
+/* Takes p off the list of strays; false if it is not on it. */
+static bool stray_take(weft_vmalloc *a, void *p) {
+    char *prev = NULL;
+    for (char *b = a->stray; b; prev = b, b = stray_next(b)) {
+        if (b == p) {
+            if (prev)
+                stray_set_next(prev, stray_next(b));
+            else
+                a->stray = stray_next(b);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* p, a malloc block of osize > WEFT_VMALLOC_MAX_SMALL bytes, made a stray
+ * (it now holds at most WEFT_VMALLOC_MAX_SMALL bytes); NULL if it cannot
+ * hold the link. */
+static void *stray_keep(weft_vmalloc *a, void *p, size_t osize) {
+    char *b = p;
+    if (osize < STRAY_SIZE && !(b = realloc(p, STRAY_SIZE)))
+        return NULL;
+    stray_push(a, b);
+    return b;
+}
+
+/* Frees or resizes p (osize <= WEFT_VMALLOC_MAX_SMALL) if it is a stray. */
+static bool stray_resize(weft_vmalloc *a, void *p, size_t nsize, void **out) {
+    if (!stray_take(a, p))
+        return false;
+    if (nsize == 0) {
+        free(p);
+        *out = NULL;
+    } else if (nsize <= WEFT_VMALLOC_MAX_SMALL) {
+        stray_push(a, p); /* it has the room */
+        *out = p;
+    } else {
+        *out = realloc(p, nsize); /* a malloc block again */
+        if (!*out)
+            stray_push(a, p); /* could not grow: unchanged */
+    }
+    return true;
+}
+
 void *weft_vmalloc_f(void *ud, void *p, size_t osize, size_t nsize) {
     weft_vmalloc *a = ud;
+    void *r;
+    if (p && osize <= WEFT_VMALLOC_MAX_SMALL && a->stray && stray_resize(a, p, nsize, &r))
+        return r;
     if (nsize == 0) {
         if (p) {
             if (osize <= WEFT_VMALLOC_MAX_SMALL)
@@ -208,11 +285,14 @@ void *weft_vmalloc_f(void *ud, void *p, size_t osize, size_t nsize) {
     } else if (nsize > WEFT_VMALLOC_MAX_SMALL) {
         return realloc(p, nsize);
     }
-    /* Between classes, or between a slab and malloc. A failure, even to
-     * shrink, is Lua's memory error. */
+    /* Between classes, or between a slab and malloc. A failure to grow is
+     * Lua's memory error; a shrink keeps the block (see Shrinking). */
     void *q = nsize <= WEFT_VMALLOC_MAX_SMALL ? small_alloc(a, size_class(nsize)) : malloc(nsize);
-    if (!q)
-        return NULL;
+    if (!q) {
+        if (nsize > osize)
+            return NULL;
+        return osize <= WEFT_VMALLOC_MAX_SMALL ? p : stray_keep(a, p, osize);
+    }
     memcpy(q, p, osize < nsize ? osize : nsize);
     if (osize <= WEFT_VMALLOC_MAX_SMALL)
         small_free(a, p);

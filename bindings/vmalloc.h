@@ -17,7 +17,8 @@ typedef struct weft_vmalloc weft_vmalloc;
 /* A new allocator, or NULL if out of memory. */
 weft_vmalloc *weft_vmalloc_new(void);
 /* lua_Alloc: ud is a weft_vmalloc. Frees p when nsize is 0; osize must be
- * the size p was allocated or last resized with (Lua always passes it). */
+ * the size p was allocated or last resized with (Lua always passes it).
+ * Shrinking (nsize <= osize) never fails, as Lua assumes. */
 void *weft_vmalloc_f(void *ud, void *p, size_t osize, size_t nsize);
 /* Frees the allocator and every slab; returns the number of small blocks
  * that were still allocated (0 when its user freed all it allocated). */

@@ -12,6 +12,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +20,19 @@
 #include <string.h>
 
 static int passed, failed;
+
+/* The allocator takes its slabs from posix_memalign: this one fails while
+ * no_slabs is set (memory running out), else aligns what malloc gives. */
+static int no_slabs;
+int posix_memalign(void **out, size_t align, size_t size) {
+    if (no_slabs)
+        return ENOMEM;
+    void *m = aligned_alloc(align, (size + align - 1) / align * align);
+    if (!m)
+        return ENOMEM;
+    *out = m;
+    return 0;
+}
 
 static void result(int ok, const char *name, const char *fmt, ...) {
     if (ok) {
@@ -203,6 +217,101 @@ static void test_tail(void) {
     result(!bad, "blocks end before their slab's tail", "%d blocks too close", bad);
 }
 
+/* Shrinking never fails, even when no slab can be had: Lua assumes it
+ * (LuaJIT's lj_tab_resize sets a table's smaller array size first and
+ * frees the array with it later). A block that cannot move stays: in its
+ * class, or, from malloc, as a block that later frees and resizes of slab
+ * sizes recognise. Growing may fail, and leaves the block as it was. */
+static void test_shrink_never_fails(void) {
+    weft_vmalloc *a = weft_vmalloc_new();
+    unsigned char *s = weft_vmalloc_f(a, NULL, 0, 500); /* a slab for class 32 */
+    unsigned char *m1 = weft_vmalloc_f(a, NULL, 0, 2048);
+    unsigned char *m2 = weft_vmalloc_f(a, NULL, 0, 520);
+    unsigned char *m3 = weft_vmalloc_f(a, NULL, 0, 513);
+    fill(s, 500, 1), fill(m1, 2048, 2), fill(m2, 520, 3), fill(m3, 513, 4);
+    no_slabs = 1;
+    int bad = 0;
+    unsigned char *s2 = weft_vmalloc_f(a, s, 500, 100); /* to class 7: no slab */
+    bad |= !s2 || !check(s2, 100, 1);
+    unsigned char *n1 = weft_vmalloc_f(a, m1, 2048, 256);
+    bad |= (!n1 || !check(n1, 256, 2)) << 1;
+    unsigned char *n2 = weft_vmalloc_f(a, m2, 520, 512);
+    bad |= (!n2 || !check(n2, 512, 3)) << 2;
+    unsigned char *n3 = weft_vmalloc_f(a, m3, 513, 40);
+    bad |= (!n3 || !check(n3, 40, 4)) << 3;
+    unsigned char *g = weft_vmalloc_f(a, n3 ? n3 : m3, n3 ? 40 : 513, 60); /* grows: no slab */
+    bad |= (g != NULL && g != n3) << 4;
+    if (n1) { /* resized as a block of slab sizes, then of malloc sizes */
+        n1 = weft_vmalloc_f(a, n1, 256, 300);
+        bad |= (!n1 || !check(n1, 256, 2)) << 5;
+        fill(n1, 300, 5);
+        n1 = weft_vmalloc_f(a, n1, 300, 4000);
+        bad |= (!n1 || !check(n1, 300, 5)) << 6;
+    }
+    no_slabs = 0;
+    if (s2)
+        weft_vmalloc_f(a, s2, 100, 0);
+    if (n1)
+        weft_vmalloc_f(a, n1, 4000, 0);
+    if (n2)
+        weft_vmalloc_f(a, n2, 512, 0);
+    if (g || n3)
+        weft_vmalloc_f(a, g ? g : n3, g ? 60 : 40, 0);
+    if (!s2)
+        weft_vmalloc_f(a, s, 500, 0);
+    if (!n2)
+        weft_vmalloc_f(a, m2, 520, 0);
+    if (!n3)
+        weft_vmalloc_f(a, m3, 513, 0);
+    unsigned char *t = weft_vmalloc_f(a, NULL, 0, 64); /* slabs still work */
+    bad |= (!t) << 7;
+    weft_vmalloc_f(a, t, 64, 0);
+    size_t live = weft_vmalloc_destroy(a);
+    result(!bad && live == 0, "shrinking never fails", "bad=0x%x live=%zu", bad, live);
+}
+
+/* What that is for: a table's array part shrinks (a rehash, from malloc
+ * size to slab size) while no slab can be had. LuaJIT sets the new array
+ * size first; had the shrink failed, it would free the old malloc block as
+ * a block of slab size later. Here the rehash succeeds and the collector
+ * frees the table. */
+static void test_vm_shrink_without_slabs(void) {
+    enum { MAXFILL = 40000 };
+    lua_State *L = weft_vm_new();
+    luaL_openlibs(L);
+    int rc = luaL_dostring(L, "collectgarbage('stop') t = {} for i = 1, 128 do t[i] = i end "
+                              "for k = 1, 128 do t['k' .. k] = k end "
+                              "for i = 5, 128 do t[i] = nil end "
+                              "function go() t[1000] = 1 return t[1] + t[4] + t.k128 end");
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    void **fill_p = malloc(MAXFILL * sizeof *fill_p);
+    size_t *fill_n = malloc(MAXFILL * sizeof *fill_n);
+    int n = 0;
+    no_slabs = 1;
+    for (size_t sz = 16; sz <= 96; sz += 16) /* the classes of the new array */
+        while (n < MAXFILL && (fill_p[n] = f(ud, NULL, 0, sz)))
+            fill_n[n++] = sz;
+    lua_getglobal(L, "go");
+    int rc2 = lua_pcall(L, 0, 1, 0); /* the rehash: no allocation but its own */
+    int sum = rc2 == 0 ? (int)lua_tointeger(L, -1) : -1;
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s", rc2 ? lua_tostring(L, -1) : "");
+    lua_settop(L, 0);
+    no_slabs = 0;
+    while (n > 0) {
+        n--;
+        f(ud, fill_p[n], fill_n[n], 0);
+    }
+    free(fill_p);
+    free(fill_n);
+    int rc3 = luaL_dostring(L, "t = nil collectgarbage('restart') collectgarbage()");
+    size_t live = weft_vm_close(L);
+    result(rc == 0 && rc2 == 0 && sum == 133 && rc3 == 0 && live == 0,
+           "a table's array shrinks while slabs run out", "rc=%d rc2=%d (%s) sum=%d rc3=%d live=%zu",
+           rc, rc2, msg, sum, rc3, live);
+}
+
 /* destroy counts blocks never freed (and frees their slabs). */
 static void test_destroy_counts(void) {
     weft_vmalloc *a = weft_vmalloc_new();
@@ -270,7 +379,9 @@ int main(void) {
     test_cycle();
     test_tail();
     test_destroy_counts();
+    test_shrink_never_fails();
     test_vm();
+    test_vm_shrink_without_slabs();
     test_panic_set();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
