@@ -328,6 +328,10 @@ typedef struct weft_sched {
     size_t nallgs, capallgs;
 
     atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */
+    /* weft_coarse_now() at the watchdog's last tick (sysmon.c), 0 before the
+     * first of this run: parks record it as the start of a wait, which dumps
+     * show to the second, instead of reading the clock each time. */
+    _Atomic int64_t ticknow;
     _Atomic int64_t ngoroutines;
     _Atomic int64_t goidgen;
     weft_g *main_g;

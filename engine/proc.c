@@ -407,11 +407,17 @@ void weft_ready(weft_g *g, bool next) {
 
 /* ---- parking (native goroutines) ------------------------------------------ */
 
+/* When a wait starts, to the watchdog's tick (10 ms). */
+static int64_t wait_start(void) {
+    int64_t t = atomic_load_explicit(&weft_S.ticknow, memory_order_relaxed);
+    return t ? t : weft_coarse_now();
+}
+
 void weft_park(const char *reason, void (*unlockf)(void *), void *arg) {
     weft_proc *p = weft_proc_self();
     weft_g *g = p->curg;
     g->wait_reason = reason;
-    g->wait_since = weft_coarse_now();
+    g->wait_since = wait_start();
     g->nat->unlockf = unlockf;
     g->nat->unlockarg = arg;
     g->parkop = WEFT_PARK_WAIT;
@@ -426,7 +432,7 @@ bool weft_is_native(weft_g *g) {
 
 void weft_park_hosted(weft_g *g, const char *reason) {
     g->wait_reason = reason;
-    g->wait_since = weft_coarse_now();
+    g->wait_since = wait_start();
     atomic_store_explicit(&g->state, WEFT_G_WAITING, memory_order_release);
 }
 
@@ -967,7 +973,10 @@ static void join_threads(void) {
 
 static int engine_claim(void) {
     int stopped = WEFT_SCHED_STOPPED;
-    return atomic_compare_exchange_strong(&weft_S.state, &stopped, WEFT_SCHED_RUNNING);
+    if (!atomic_compare_exchange_strong(&weft_S.state, &stopped, WEFT_SCHED_RUNNING))
+        return 0;
+    atomic_store(&weft_S.ticknow, 0); /* no tick yet in this run */
+    return 1;
 }
 
 /* weft_run and weft_run_hosted: the calling thread becomes processor 0 and

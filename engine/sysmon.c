@@ -217,7 +217,9 @@ static void *sysmon_main(void *arg) {
         pthread_mutex_unlock(&M.mu);
         int64_t now = weft_nanotime();
         if (atomic_load(&weft_S.state) == WEFT_SCHED_RUNNING) {
-            watch_procs(weft_coarse_now());
+            int64_t coarse = weft_coarse_now();
+            atomic_store_explicit(&weft_S.ticknow, coarse, memory_order_relaxed);
+            watch_procs(coarse);
             if (M.trace_ns && now >= M.next_trace) {
                 M.next_trace += M.trace_ns;
                 schedtrace(now);
