@@ -160,8 +160,11 @@ describe("weft.context", function()
     assert.is_nil(parent:err()) -- a child's deadline never touches its parent
     later:done():recv()
     assert.are.equal("context deadline exceeded", later:err())
+    assert.are.equal("context deadline exceeded", parent:err()) -- marked before its children
+    -- The children are cancelled one after another, as in Go: one of them
+    -- being done says nothing yet of its siblings.
+    plain:done():recv()
     assert.are.equal("context deadline exceeded", plain:err())
-    assert.are.equal("context deadline exceeded", parent:err())
   end))
 
   it("value walks up; the nearest wins; keys compare by value, engine objects by identity", async(function()
