@@ -37,10 +37,10 @@
  *    counts a P that is not spinning.
  *  - A spinning P that finds work stops spinning and, if it was the last
  *    spinner, calls wakep() so that new work keeps finding hands.
- *  - A P going idle puts itself on the idle list, and if it was spinning
- *    re-checks every run queue afterwards: a goroutine readied while it was
- *    giving up is then not stranded (the waker saw nspinning > 0 and did
- *    not wake anyone).
+ *  - A P going idle puts itself on the idle list and then re-checks every
+ *    run queue: a goroutine readied while it was giving up is then not
+ *    stranded (the waker saw nspinning > 0, or npidle without this P, and
+ *    did not wake anyone).
  *  - A P that found nothing, before it goes idle, polls for a while for
  *    work (idle_poll) if some other P is running: waking a sleeping P costs
  *    the waker a system call and, in a virtual machine, an interrupt to a
@@ -778,15 +778,20 @@ top:
     if (p->spinning) {
         p->spinning = false;
         atomic_fetch_sub(&weft_S.nspinning, 1);
-        /* Re-check: work readied while we were giving up must not wait. */
-        for (int i = 0; i < weft_S.nprocs; i++) {
-            weft_proc *v = weft_S.procs[i];
-            if (v != p && !weft_runq_empty(v)) {
-                if (!idle_leave(p))
-                    atomic_fetch_add(&weft_S.nspinning, 1);
-                p->spinning = true;
-                goto top;
-            }
+    }
+    /* Re-check: work readied while we were giving up must not wait. Its
+     * waker saw nspinning > 0 (we were spinning) or npidle not counting us
+     * (we were polling, or about to go idle), and woke no one; we counted
+     * ourselves idle (a full barrier) before looking, and it published the
+     * work before looking at the counts (weft_wakep), so one of us sees the
+     * other. */
+    for (int i = 0; i < weft_S.nprocs; i++) {
+        weft_proc *v = weft_S.procs[i];
+        if (v != p && !weft_runq_empty(v)) {
+            if (!idle_leave(p))
+                atomic_fetch_add(&weft_S.nspinning, 1);
+            p->spinning = true;
+            goto top;
         }
     }
     if (!global_nonempty()) {
