@@ -52,21 +52,27 @@ local function samples()
   }
 end
 
+-- The samples, 50 times over, sent from a goroutine to a spawned echo and
+-- back: what came back, in order.
+local function round_trip()
+  return run(function()
+    local out, back = weft.chan(64), weft.chan(64)
+    weft.spawn(echo, out, back)
+    weft.go(function()
+      for _ = 1, 50 do
+        for _, m in ipairs(samples()) do out:send(m) end
+      end
+      out:close()
+    end)
+    local all = {}
+    for v in back:range() do all[#all + 1] = v end
+    return all
+  end)
+end
+
 describe("shaped tables", function()
   it("round-trip inside one VM and between VMs, repeatedly", function()
-    local got = run(function()
-      local out, back = weft.chan(64), weft.chan(64)
-      weft.spawn(echo, out, back)
-      weft.go(function()
-        for _ = 1, 50 do
-          for _, m in ipairs(samples()) do out:send(m) end
-        end
-        out:close()
-      end)
-      local all = {}
-      for v in back:range() do all[#all + 1] = v end
-      return all
-    end)
+    local got = round_trip()
     local want = samples()
     assert.are.equal(50 * #want, #got)
     for i, v in ipairs(got) do
@@ -509,6 +515,7 @@ describe("shaped tables", function()
     assert.matches("good=7 refused=%d+", out)
     assert.matches("status=0", out)
   end)
+
   -- LuaJIT (2.1, GC64) drops a constant base pointer from a load at
   -- ptr + offset (see weft/shape.lua, bufa): once the JIT had compiled the
   -- receiver with its buffer's address as a constant, decoding read from
@@ -516,19 +523,7 @@ describe("shaped tables", function()
   it("round-trip in 300 runs in a row (the JIT compiles the receiving side differently each time)", function()
     local want = samples()
     for round = 1, 300 do
-      local got = run(function()
-        local out, back = weft.chan(64), weft.chan(64)
-        weft.spawn(echo, out, back)
-        weft.go(function()
-          for _ = 1, 50 do
-            for _, m in ipairs(samples()) do out:send(m) end
-          end
-          out:close()
-        end)
-        local all = {}
-        for v in back:range() do all[#all + 1] = v end
-        return all
-      end)
+      local got = round_trip()
       assert.are.equal(50 * #want, #got, "run " .. round)
       for i = 1, #want do
         local ok, why = same(want[i], got[(round % 50) * #want + i])
