@@ -102,13 +102,13 @@ $(BUILD)/spec/ctx_check: spec/c/ctx_check.c engine/ctx.c $(CTX_ASM) engine/ctx.h
 # built on it (bindings/transfer.c), and their tests.
 CODEC_SRC  := bindings/codec.c bindings/codec.h engine/weft.h engine/pool.c engine/lock.c
 TRANSFER_SRC := bindings/transfer.c bindings/transfer.h
-$(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h $(CODEC_SRC) $(TRANSFER_SRC) | $(BUILD)/spec
+$(BUILD)/spec/codec_test: spec/c/codec_test.c spec/c/codec_deepeq.h spec/c/tally.h $(CODEC_SRC) $(TRANSFER_SRC) | $(BUILD)/spec
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Iengine -Ibindings -o $@ spec/c/codec_test.c bindings/codec.c \
 	  bindings/transfer.c engine/pool.c engine/lock.c \
 	  $(LUAJIT_LIBS) -lpthread -lm
 
 # The Lua VMs' allocator (bindings/vmalloc.c), alone and under LuaJIT.
-$(BUILD)/spec/vmalloc_test: spec/c/vmalloc_test.c bindings/vmalloc.c bindings/vmalloc.h | $(BUILD)/spec
+$(BUILD)/spec/vmalloc_test: spec/c/vmalloc_test.c spec/c/tally.h bindings/vmalloc.c bindings/vmalloc.h | $(BUILD)/spec
 	$(CC) $(CFLAGS) $(WEFT_CFLAGS) $(LUAJIT_CFLAGS) -Ibindings -o $@ spec/c/vmalloc_test.c bindings/vmalloc.c \
 	  $(LUAJIT_LIBS) -lm
 

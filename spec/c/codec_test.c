@@ -15,6 +15,7 @@
  */
 #include "codec.h"
 #include "codec_deepeq.h"
+#include "tally.h"
 #include "transfer.h"
 
 #include <lauxlib.h>
@@ -30,26 +31,6 @@
 #include <string.h>
 #include <time.h>
 
-static int passed, failed;
-
-static void result(int ok, const char *name, const char *fmt, ...) {
-    if (ok) {
-        passed++;
-        printf("ok   %s\n", name);
-    } else {
-        failed++;
-        printf("FAIL %s", name);
-        if (fmt) {
-            va_list ap;
-            va_start(ap, fmt);
-            printf(": ");
-            vprintf(fmt, ap);
-            va_end(ap);
-        }
-        printf("\n");
-    }
-    fflush(stdout);
-}
 
 /* snprintf that may truncate (messages of failed checks). */
 static void setmsg(char *m, size_t n, const char *fmt, ...) {
@@ -1375,6 +1356,5 @@ int main(void) {
     result(balanced, "all handle references released after closing the states",
            "%ld retains, %ld releases, refs %ld %ld %ld %ld", n_retain, n_release, fakes[0].refs, fakes[1].refs,
            fakes[2].refs, fakes[3].refs);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return tally_end();
 }

@@ -6,6 +6,7 @@
  *
  * One line per test; the last line is "N passed, N failed".
  */
+#include "tally.h"
 #include "vmalloc.h"
 
 #include <lauxlib.h>
@@ -18,8 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int passed, failed;
 
 /* The allocator takes its slabs from posix_memalign: this one fails while
  * no_slabs is set (memory running out), else aligns what malloc gives. */
@@ -34,20 +33,6 @@ int posix_memalign(void **out, size_t align, size_t size) {
     return 0;
 }
 
-static void result(int ok, const char *name, const char *fmt, ...) {
-    if (ok) {
-        passed++;
-        printf("ok   %s\n", name);
-    } else {
-        failed++;
-        printf("FAIL %s: ", name);
-        va_list ap;
-        va_start(ap, fmt);
-        vprintf(fmt, ap);
-        va_end(ap);
-        printf("\n");
-    }
-}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(void) {
@@ -383,6 +368,5 @@ int main(void) {
     test_vm();
     test_vm_shrink_without_slabs();
     test_panic_set();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return tally_end();
 }
