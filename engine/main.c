@@ -14,8 +14,8 @@
  * luarocks), then the default install directory, are put on package.path.
  */
 #include "diag.h"
-#include "weft.h"
 #include "vmalloc.h"
+#include "weft.h"
 
 #include <lauxlib.h>
 #include <lua.h>

@@ -658,21 +658,26 @@ static void proc_sleep(weft_proc *p) {
  * POLL_MAX. */
 enum { POLL_START = 10000, POLL_MAX = 50000 };
 
+/* Whether a P other than p has goroutines queued (in its runnext too, if
+ * with_next). */
+static bool others_queued(weft_proc *p, bool with_next) {
+    for (int i = 0; i < weft_S.nprocs; i++) {
+        weft_proc *v = weft_S.procs[i];
+        if (v != p && (with_next ? !weft_runq_empty(v) : weft_runq_has_queued(v)))
+            return true;
+    }
+    return false;
+}
+
 /* Work in other Ps' run queues that p, polling, should go and take. A
  * spinning P looks at their queues proper (not their runnext). A P that
  * polls without spinning looks only while no P spins, and then at runnext
  * too: wakep() wakes only idle Ps, so work readied meanwhile woke no one,
  * and no spinner will find it; p looks again and starts spinning. */
 static bool others_have_work(weft_proc *p) {
-    bool spinning = p->spinning;
-    if (!spinning && atomic_load(&weft_S.nspinning) != 0)
+    if (!p->spinning && atomic_load(&weft_S.nspinning) != 0)
         return false;
-    for (int i = 0; i < weft_S.nprocs; i++) {
-        weft_proc *v = weft_S.procs[i];
-        if (v != p && (spinning ? weft_runq_has_queued(v) : !weft_runq_empty(v)))
-            return true;
-    }
-    return false;
+    return others_queued(p, !p->spinning);
 }
 
 /* Polls, without sleeping, for up to p->idlepoll ns, for what find_runnable
@@ -785,14 +790,11 @@ top:
      * ourselves idle (a full barrier) before looking, and it published the
      * work before looking at the counts (weft_wakep), so one of us sees the
      * other. */
-    for (int i = 0; i < weft_S.nprocs; i++) {
-        weft_proc *v = weft_S.procs[i];
-        if (v != p && !weft_runq_empty(v)) {
-            if (!idle_leave(p))
-                atomic_fetch_add(&weft_S.nspinning, 1);
-            p->spinning = true;
-            goto top;
-        }
+    if (others_queued(p, true)) {
+        if (!idle_leave(p))
+            atomic_fetch_add(&weft_S.nspinning, 1);
+        p->spinning = true;
+        goto top;
     }
     if (!global_nonempty()) {
         int64_t t = weft_nanotime();
