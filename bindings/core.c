@@ -457,7 +457,7 @@ int luaopen_weft_core(lua_State *L) {
     lua_pushstring(L, WEFT_VERSION);
     lua_setfield(L, -2, "version");
     weft_tabkeys_push(L);
-    lua_setfield(L, -2, "nkeys");
+    lua_setfield(L, -2, "tabkeys_slots");
     weft_transfer_register(L);
     weft_context_register(L);
     weft_sync_register(L);

@@ -1,27 +1,40 @@
 /*
- * tabkeys.c — weft_core.nkeys(t1, ...): how many keys the tables hold, in
- * all, counted by reading LuaJIT's table layout.
+ * tabkeys.c — counting the keys of tables by reading LuaJIT's table
+ * layout, for lua/weft/shape.lua.
  *
- * Why. lua/weft/shape.lua sends a table of a known shape by reading its
- * values by key, which the JIT compiles to a few loads. Reading by key
- * proves that the shape's keys are there, not that no other key is: that
- * takes a count of the table's keys, and LuaJIT offers Lua no way to count
- * them but `next`, one call per key, each hashing its key again (a quarter
- * of a sender's time in the table-message benchmark). One call of this
- * function counts every table of a message.
+ * Why. shape.lua sends a table of a known shape by reading its values by
+ * key, which the JIT compiles to a few loads. Reading by key proves that
+ * the shape's keys are there, not that no other key is: that takes a count
+ * of the table's keys, and LuaJIT offers Lua no way to count them but
+ * `next`, one call per key, each hashing its key again (a quarter of a
+ * sender's time in the table-message benchmark).
  *
  * How. A table is a GCtab: an array part of `asize` slots (keys 0 to
  * asize-1) and a hash part of hmask+1 nodes, each a value, a key and a chain
  * link. A key is in the table when its slot or node holds a value that is
  * not nil. This file reads those fields at the offsets of LuaJIT 2.1 with
  * 64-bit GC references (the only layout of x86-64 and arm64 LuaJIT 2.1
- * builds with GC64), where nil is the 64-bit pattern of all ones.
+ * builds with GC64), where nil is the 64-bit pattern of all ones and a
+ * reference to a table is its address with the type in the top 17 bits.
+ *
+ * The tables reach C without a Lua C function call. A call of a Lua C
+ * function (lua_CFunction) ends a JIT trace: the interpreter makes the call
+ * and a new trace starts after it, which cost a sender about 15% of its
+ * time. An FFI call stays inside the trace, but cannot take a table as an
+ * argument. So shape.lua keeps a "box": a table whose array part it never
+ * grows. The encoder stores the message's tables in the box's slots 1..n and
+ * passes weft_tabkeys_count the address of slot 1 (weft_core.tabkeys_slots
+ * gives it, once); the function reads each slot's value, checks that it
+ * refers to a table and counts that table's keys. The JIT emits the stores
+ * before the call, in program order; each table has its own slot, so no
+ * store replaces another before the call reads it.
  *
  * Trust. weft_tabkeys_push checks, when the module is opened, that the
  * counts agree with lua_next on tables made through the Lua API (array,
- * hash and mixed, grown, with holes, with keys set to nil afterwards). If
- * any count differs (another LuaJIT layout), it pushes nil, and shape.lua
- * uses `next` instead. Nothing here writes to the table or allocates.
+ * hash and mixed, grown, with holes, with keys set to nil afterwards), and
+ * that tables stored in a box read back from its slots. If anything
+ * differs (another LuaJIT layout), it pushes nil, and shape.lua uses `next`
+ * instead. Nothing here writes to a table or allocates.
  */
 #include "tabkeys.h"
 
@@ -46,6 +59,11 @@ typedef struct lj_node64 {
 } lj_node64;
 
 #define NIL64 UINT64_MAX
+/* A value referring to a GC object: its type (~LJ_TTAB for a table) in the
+ * top 17 bits, its address in the low 47. */
+#define ITYPE_SHIFT 47
+#define ITYPE_TAB ((uint64_t)(~(uint32_t)11 & 0x1ffff))
+#define GCPTR_MASK ((UINT64_C(1) << ITYPE_SHIFT) - 1)
 
 /* Tables with more slots than this are not counted (shape.lua sends
  * tables of at most 64 keys this way). */
@@ -67,20 +85,39 @@ static lua_Integer count_keys(const void *p) {
     return n;
 }
 
-/* nkeys(t1, ...): the number of keys of the tables together; -1 if an
- * argument is not a table or is too large to count. */
-static int l_nkeys(lua_State *L) {
-    int top = lua_gettop(L);
-    lua_Integer n = 0;
-    for (int i = 1; i <= top; i++) {
-        lua_Integer k = lua_type(L, i) == LUA_TTABLE ? count_keys(lua_topointer(L, i)) : TOO_MANY;
-        if (k == TOO_MANY) {
-            n = TOO_MANY;
-            break;
-        }
-        n += k;
+int weft_tabkeys_count(const void *slots, int n) {
+    const uint64_t *slot = slots;
+    int total = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t v = slot[i];
+        if (v >> ITYPE_SHIFT != ITYPE_TAB)
+            return TOO_MANY;
+        lua_Integer k = count_keys((const void *)(uintptr_t)(v & GCPTR_MASK));
+        if (k == TOO_MANY)
+            return TOO_MANY;
+        total += (int)k;
     }
-    lua_pushinteger(L, n);
+    return total;
+}
+
+/* The address of slot 1 of the array part of box (a table), as a light
+ * userdata; nil if box has fewer than `n` slots from 1 on. */
+static const void *box_slots(lua_State *L, int box, int n) {
+    lj_tab64 t;
+    memcpy(&t, lua_topointer(L, box), sizeof t);
+    if (t.asize < (uint32_t)n + 1)
+        return NULL;
+    return (const uint64_t *)(uintptr_t)t.array + 1;
+}
+
+/* weft_core.tabkeys_slots(box, n): see box_slots. */
+static int l_slots(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const void *p = box_slots(L, 1, (int)luaL_checkinteger(L, 2));
+    if (p)
+        lua_pushlightuserdata(L, (void *)p);
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -144,7 +181,7 @@ static int build(lua_State *L, int which) {
         lua_createtable(L, 2, 4);
         lua_pushstring(L, "s"), lua_rawseti(L, -2, 1);
         lua_newtable(L), lua_rawseti(L, -2, 2);
-        lua_pushcfunction(L, l_nkeys), lua_setfield(L, -2, "f");
+        lua_pushcfunction(L, l_slots), lua_setfield(L, -2, "f");
         lua_pushlightuserdata(L, L), lua_setfield(L, -2, "u");
         lua_pushboolean(L, 0), lua_setfield(L, -2, "no");
         return 1;
@@ -176,14 +213,32 @@ static int layout_ok(lua_State *L) {
 
 void weft_tabkeys_push(lua_State *L) {
     int ok = sizeof(void *) == 8 && layout_ok(L);
-    for (int which = 0; ok && build(L, which); which++) {
+    lua_createtable(L, 8, 0); /* the box: test tables go in its slots 1.. */
+    int box = lua_gettop(L), which;
+    for (which = 0; ok && build(L, which); which++) {
         int t = lua_gettop(L);
         const void *p = lua_topointer(L, t);
         ok = p && count_keys(p) == next_count(L, t);
+        lua_pushvalue(L, t);
+        lua_rawseti(L, box, which + 1);
         lua_pop(L, 1);
     }
+    /* Each slot reads back as its table, and the count of all of them is
+     * the sum of their counts. */
+    const uint64_t *slots = ok ? box_slots(L, box, which) : NULL;
+    lua_Integer sum = 0;
+    for (int i = 0; slots && i < which; i++) {
+        lua_rawgeti(L, box, i + 1);
+        const void *p = lua_topointer(L, -1);
+        ok = ok && slots[i] >> ITYPE_SHIFT == ITYPE_TAB &&
+             (const void *)(uintptr_t)(slots[i] & GCPTR_MASK) == p;
+        sum += ok ? next_count(L, lua_gettop(L)) : 0;
+        lua_pop(L, 1);
+    }
+    ok = ok && slots && weft_tabkeys_count(slots, which) == sum;
+    lua_pop(L, 1);
     if (ok)
-        lua_pushcfunction(L, l_nkeys);
+        lua_pushcfunction(L, l_slots);
     else
         lua_pushnil(L);
 }

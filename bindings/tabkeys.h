@@ -7,9 +7,14 @@
 
 #include <lua.h>
 
-/* Pushes nkeys(t1, ...) (the number of keys of the tables, together; -1 if
- * an argument is not a table or has more than 1024 slots), or nil when this
- * LuaJIT's table layout is not the one tabkeys.c reads. */
+/* The number of keys of the tables referred to by slots[0..n) (slots of a
+ * table's array part, see tabkeys.c), together; -1 if a slot does not hold
+ * a table or a table has more than 1024 slots. Called through the FFI. */
+int weft_tabkeys_count(const void *slots, int n);
+
+/* Pushes tabkeys_slots(box, n) (the address of slot 1 of box's array part,
+ * or nil if it has fewer than n slots from 1 on), or nil when this LuaJIT's
+ * table layout is not the one tabkeys.c reads. */
 void weft_tabkeys_push(lua_State *L);
 
 #endif

@@ -310,9 +310,21 @@ describe("shaped tables", function()
     assert.are.same({}, out[207])
   end)
 
-  it("count keys like pairs does (weft_core.nkeys, which the compiled guesses use)", function()
-    local nkeys = require("weft_core").nkeys
-    assert.is_function(nkeys) -- this LuaJIT's table layout is the one it reads
+  it("count keys like pairs does (weft_tabkeys_count, which the compiled guesses use)", function()
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int weft_tabkeys_count(const void *slots, int n);")
+    local slots_of = require("weft_core").tabkeys_slots
+    assert.is_function(slots_of) -- this LuaJIT's table layout is the one it reads
+    local box = { false, false, false }
+    assert.is_nil(slots_of(box, 8)) -- fewer slots than that
+    local slots = ffi.cast("const void *", slots_of(box, 3))
+    local function nkeys(...)
+      local n = select("#", ...)
+      for i = 1, n do box[i] = (select(i, ...)) end
+      local c = ffi.C.weft_tabkeys_count(slots, n)
+      for i = 1, n do box[i] = false end
+      return c
+    end
     local function count(t)
       local n = 0
       for _ in pairs(t) do n = n + 1 end
@@ -333,11 +345,14 @@ describe("shaped tables", function()
       local u = { x = t }
       assert.are.equal(count(t), nkeys(t), "round " .. round)
       assert.are.equal(count(t) + 1, nkeys(t, u), "round " .. round)
+      assert.are.equal(count(t) * 2 + 1, nkeys(t, u, t), "round " .. round)
     end
     local big = {}
     for i = 1, 5000 do big["k" .. i] = i end
-    assert.are.equal(-1, nkeys(big))   -- too large to count: never a match
-    assert.are.equal(-1, nkeys({}, 1)) -- not a table
+    assert.are.equal(-1, nkeys(big))           -- too large to count: never a match
+    assert.are.equal(-1, nkeys({}, 1))         -- not a table
+    assert.are.equal(-1, nkeys({}, "s", {}))   -- not a table
+    assert.are.equal(0, nkeys())
   end)
 
   it("refuse a table that has a shape's keys and more, however it got them", function()

@@ -35,11 +35,12 @@
 
 local ffi = require "ffi"
 local sbuf = require "string.buffer"
-local nkeys = require("weft_core").nkeys
+local tabkeys_slots = require("weft_core").tabkeys_slots
 
 ffi.cdef [[
 int weft_shape_intern(const char *desc, size_t len);
 const char *weft_shape_desc(int id, size_t *len);
+int weft_tabkeys_count(const void *slots, int n);
 ]]
 
 local C, ffi_cast, ffi_copy, ffi_string = ffi.C, ffi.cast, ffi.copy, ffi.string
@@ -209,9 +210,10 @@ end
 -- included) is generated and compiled: straight-line code that reads each
 -- of the shape's keys, checks its value's type and writes the value. That
 -- proves the keys are there; that no other key is, it proves by counting
--- the keys of all the message's tables in one call of weft_core.nkeys
--- (bindings/tabkeys.c). Where nkeys is missing (a LuaJIT whose table layout
--- it does not know), the code instead follows the keys with `next` calls,
+-- the keys of all the message's tables in one FFI call (the tables go in
+-- the slots of `box`, which bindings/tabkeys.c reads: see there why). Where
+-- that is not available (a LuaJIT whose table layout tabkeys.c does not
+-- know), the code instead follows the keys with `next` calls,
 -- checking each key in turn and that none follows. Either way it returns
 -- nil at the first difference (and walk() does the work instead), so a
 -- wrong guess costs time, never a wrong value.
@@ -221,6 +223,14 @@ local FIXED_BYTES = { 8, 4, 1, 0 } -- by value type; a string's bytes come on to
 local MAX_ENCODERS = 256
 local nencoders, current = 0, nil
 local misses, skip = 0, 0
+-- The box: its array part holds MAX_TABLES slots from 1 on and is never
+-- grown (only false and tables are stored in slots 1..MAX_TABLES).
+local box = { false, false, false, false, false, false, false, false }
+assert(#box == MAX_TABLES)
+local slots = tabkeys_slots and tabkeys_slots(box, MAX_TABLES)
+-- A cdata pointer: the JIT does not compile a light userdata passed to C.
+slots = slots and ffi_cast("const void *", slots)
+local nkeys = slots and C.weft_tabkeys_count
 
 -- The shape tree of t, which walk() has just accepted (so every trie node
 -- on its path exists and has an id): { id, {key, vt, subtree or false}... }.
@@ -314,7 +324,7 @@ local function encoder_source(d)
     end
     emit("ffi_cast(u32p, bufa + s%d)[0] = %d", j, d[1])
   end
-  emit("local next, type, getmetatable, ffi_cast, ffi_copy, buf, bufa, dblp, u32p, MAX_BYTES, nkeys = ...")
+  emit("local next, type, getmetatable, ffi_cast, ffi_copy, buf, bufa, dblp, u32p, MAX_BYTES, nkeys, box, slots = ...")
   emit("local FIXED = %d", fixed_size(d))
   emit("return function(t0)")
   -- Locals per table, not per value: a function may have 200 at most.
@@ -322,9 +332,16 @@ local function encoder_source(d)
   emit("if FIXED > MAX_BYTES then return nil end")
   table_code(d)
   if nkeys then
-    local ts = {}
-    for j = 0, ntab - 1 do ts[#ts + 1] = "t" .. j end
-    emit("if nkeys(%s) ~= %d then return nil end", concat(ts, ", "), nkey)
+    -- Each table in a slot of its own, the count checked before the slots
+    -- are cleared (the check, a guard, keeps the JIT from dropping a store).
+    local bs, ts, fs = {}, {}, {}
+    for j = 0, ntab - 1 do
+      bs[#bs + 1], ts[#ts + 1], fs[#fs + 1] = format("box[%d]", j + 1), "t" .. j, "false"
+    end
+    emit("%s = %s", concat(bs, ", "), concat(ts, ", "))
+    emit("local n = nkeys(slots, %d)", ntab)
+    emit("if n ~= %d then return nil end", nkey)
+    emit("%s = %s", concat(bs, ", "), concat(fs, ", "))
   end
   emit("return o")
   emit("end")
@@ -347,7 +364,7 @@ local function encoder_for(t, node)
     if not d then return nil end -- t changed since its walk: another time
     local chunk = loadstring(encoder_source(d), "=weft.shape")
     e = chunk and chunk(next, type, getmetatable, ffi_cast, ffi_copy, buf, bufa, dblp, u32p,
-      MAX_BYTES, nkeys) or false
+      MAX_BYTES, nkeys, box, slots) or false
     nencoders = nencoders + 1
     node[ENC] = e
   end
@@ -442,10 +459,18 @@ function compile(id)
   -- Checked at the start: the bytes that the values take at least. The
   -- readers of numbers and booleans check nothing, so after each value of
   -- variable size (a string, a table) what the rest takes is checked again.
-  local rest = fixed
+  -- Keys 1, 2, ... met in that order go in the template's list part (the
+  -- table then has an array part, as the sender's {x, y, z} has: one
+  -- block, read by index without hashing); other keys as [key] = false.
+  local rest, narr = fixed, 0
   for i = 1, #steps, 2 do
     local key, vt = key_literal(steps[i]), steps[i + 1]
-    slots[#slots + 1] = "[" .. key .. "] = false"
+    if steps[i] == narr + 1 then
+      narr = narr + 1
+      slots[#slots + 1] = "false"
+    else
+      slots[#slots + 1] = "[" .. key .. "] = false"
+    end
     sets[#sets + 1] = "  t[" .. key .. "] = " .. READERS[vt] .. "\n"
     rest = rest - FIXED[vt]
     if (vt == VT_STR or vt == VT_TAB) and rest > 0 then
