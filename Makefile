@@ -43,7 +43,8 @@ LUAJIT_CFLAGS ?= -I/usr/include/luajit-2.1
 LUAJIT_LIBS   ?= -lluajit-5.1
 BIND_SRC      := bindings/core.c bindings/host.c bindings/fast.c bindings/sync.c bindings/codec.c \
                  bindings/transfer.c bindings/context.c \
-                 bindings/io.c bindings/diag.c bindings/shape.c bindings/tabkeys.c bindings/vmalloc.c
+                 bindings/io.c bindings/diag.c bindings/shape.c bindings/tabkeys.c bindings/vmalloc.c \
+                 bindings/yieldable.c
 BIND_OBJ      := $(BIND_SRC:bindings/%.c=$(BUILD)/obj/bind_%.o) $(BIND_EXTRA)
 BIND_HDR      := $(wildcard bindings/*.h)
 

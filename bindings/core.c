@@ -28,6 +28,7 @@
 #include "host.h"
 #include "tabkeys.h"
 #include "transfer.h"
+#include "yieldable.h"
 
 #include <dlfcn.h>
 #include <lauxlib.h>
@@ -457,6 +458,8 @@ int luaopen_weft_core(lua_State *L) {
     lua_pushstring(L, WEFT_VERSION);
     lua_setfield(L, -2, "version");
     weft_tabkeys_push(L);
+    if (!lua_isnil(L, -1)) /* LuaJIT 2.1's layout with 64-bit GC references */
+        weft_yieldable_probe(L);
     lua_setfield(L, -2, "tabkeys_slots");
     weft_transfer_register(L);
     weft_context_register(L);

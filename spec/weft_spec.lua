@@ -548,6 +548,45 @@ describe("blocking where Lua cannot yield", function()
     assert.are.equal("z", c:recv())
   end))
 
+  it("knows where Lua can yield as coroutine.isyieldable does, without calling it", async(function()
+    local ffi = require "ffi"
+    local function check(where)
+      -- -1 would mean "not known here": this LuaJIT's layout is the one read.
+      local r = ffi.C.weft_lua_can_yield()
+      assert.are_not.equal(-1, r, where)
+      assert.are.equal(coroutine.isyieldable(), r == 1, where)
+      assert.are.equal(coroutine.isyieldable(), weft._can_yield(), where)
+      return r
+    end
+    assert.are.equal(1, check("goroutine"))
+    table.sort({ 2, 1 }, function(a, b) check("comparator") return a < b end)
+    local c = weft.chan()
+    local co = coroutine.create(function()
+      assert.are.equal(1, check("coroutine"))
+      table.sort({ 2, 1 }, function(a, b) check("comparator in a coroutine") return a < b end)
+      local ok, err = pcall(table.sort, { 2, 1 }, function(a, b) c:recv() return a < b end)
+      assert.is_false(ok)
+      assert.matches("cannot block here: table.sort comparator", err)
+      coroutine.yield("paused")
+      check("coroutine resumed again")
+      return "done"
+    end)
+    assert.are.same({ true, "paused" }, { coroutine.resume(co) })
+    check("goroutine, after the coroutine yielded")
+    assert.are.same({ true, "done" }, { coroutine.resume(co) })
+    check("goroutine, after the coroutine ended")
+    -- And in a goroutine of another VM: a spawned one reports what it saw.
+    local out = weft.chan(1)
+    weft.spawn(function(out)
+      local ffi = require "ffi"
+      local top = ffi.C.weft_lua_can_yield()
+      local inner
+      table.sort({ 2, 1 }, function(a, b) inner = ffi.C.weft_lua_can_yield() return a < b end)
+      out:send({ top, inner })
+    end, out)
+    assert.are.same({ 1, 0 }, out:recv())
+  end))
+
   it("does not raise when the operation need not wait", async(function()
     local c = weft.chan(1)
     c:send(1)

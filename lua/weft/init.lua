@@ -57,8 +57,19 @@ void weft_lua_atomic_store(void *a, double v);
 double weft_lua_atomic_add(void *a, double d);
 double weft_lua_atomic_swap(void *a, double v);
 int weft_lua_atomic_cas(void *a, double old, double v);
+int weft_lua_can_yield(void);
 ]]
 local C, ffi_string = ffi.C, ffi.string
+
+-- Whether the running code may yield (park). coroutine.isyieldable is a C
+-- function that stops a JIT trace at every blocking operation; the FFI
+-- call (bindings/yieldable.c) stays in it, and answers -1 where it does
+-- not know.
+local function can_yield()
+  local r = C.weft_lua_can_yield()
+  if r < 0 then return co_isyieldable() end
+  return r ~= 0
+end
 local DONE, BLOCK, CLOSED = 0, 2, 3
 local SEL_NONE, SEL_NOTG, SEL_BLOCK = -1, -3, -5
 local TAG_RAW, TAG_BOOL, TAG_NUMBER, TAG_PLAIN, TAG_SHAPED = 0, 1, 2, 17, 18
@@ -112,7 +123,7 @@ local function dropped(level)
 end
 
 local function block(level)
-  if not co_isyieldable() or co_yield(OP) == CANNOT then dropped(level + 1) end
+  if not can_yield() or co_yield(OP) == CANNOT then dropped(level + 1) end
 end
 
 -- ---- goroutines --------------------------------------------------------------
@@ -179,7 +190,7 @@ end
 core.set_isolate_starter(start_isolate)
 
 function weft.yield()
-  if core.id() ~= 0 and co_isyieldable() then
+  if core.id() ~= 0 and can_yield() then
     co_yield(YIELD)
   end
 end
@@ -188,7 +199,7 @@ function weft.sleep(seconds)
   if type(seconds) ~= "number" then
     error("weft.sleep: seconds must be a number, got " .. type(seconds), 2)
   end
-  if not co_isyieldable() then cannot_block(2) end
+  if not can_yield() then cannot_block(2) end
   if core.sleep(seconds) == 1 then
     block(2)
   else
@@ -364,6 +375,7 @@ end
 -- For weft.sync: drops the recorded operation and raises "cannot block
 -- here" at `level` (as error() counts, from the caller of this function).
 weft._cannot_block = dropped
+weft._can_yield = can_yield
 
 local function check_self(ch, what)
   if getmetatable(ch) ~= chan_mt then
@@ -414,7 +426,7 @@ function Chan:send(v)
   busy = false
   if rc == DONE then return end
   if rc == BLOCK then
-    if not co_isyieldable() or co_yield(OP) == CANNOT then dropped(2) end
+    if not can_yield() or co_yield(OP) == CANNOT then dropped(2) end
     rc = C.weft_lua_send_finish()
     if rc == DONE then return end
   end
@@ -428,7 +440,7 @@ local function recv_op(ch)
   local rc = C.weft_lua_recv(ch, RV)
   if rc == BLOCK then
     busy = false
-    if not co_isyieldable() or co_yield(OP) == CANNOT then dropped(3) end -- at recv's caller
+    if not can_yield() or co_yield(OP) == CANNOT then dropped(3) end -- at recv's caller
     busy = true
     rc = C.weft_lua_recv_finish(RV)
   end

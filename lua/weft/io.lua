@@ -23,11 +23,11 @@ local weft = require "weft"
 local ffi = require "ffi"
 
 local C = ffi.C
-local co_yield, co_isyieldable = coroutine.yield, coroutine.isyieldable
+local co_yield = coroutine.yield
 local OP, CANNOT = core.OP, core.CANNOT
 local type, error, tostring, floor = type, error, tostring, math.floor
 local find, sub, concat = string.find, string.sub, table.concat
-local cannot_block_here = weft._cannot_block
+local cannot_block_here, can_yield = weft._cannot_block, weft._can_yield
 
 -- Each declaration on its own: one that the program already made (with the
 -- same meaning) must not stop the others.
@@ -63,7 +63,7 @@ local function wait(fd, events, timeout, what, level)
     end
     error(what .. ": bad fd " .. tostring(fd), level + 1)
   end
-  if not co_isyieldable() or co_yield(OP) == CANNOT then cannot_block_here(level + 1) end
+  if not can_yield() or co_yield(OP) == CANNOT then cannot_block_here(level + 1) end
   return io_finish()
 end
 

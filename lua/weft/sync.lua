@@ -43,14 +43,14 @@ local weft = require "weft"
 local ffi = require "ffi"
 
 local C = ffi.C
-local co_yield, co_isyieldable = coroutine.yield, coroutine.isyieldable
+local co_yield = coroutine.yield
 local OP, CANNOT = core.OP, core.CANNOT
 local type, error, pcall, floor = type, error, pcall, math.floor
 local load, store, add, cas = C.weft_lua_sync_load, C.weft_lua_sync_store, C.weft_lua_sync_add,
     C.weft_lua_sync_cas
 local sema_acquire, sema_finish = C.weft_lua_sema_acquire, C.weft_lua_sema_finish
 local sema_release, sema_tryacquire = C.weft_lua_sema_release, C.weft_lua_sema_tryacquire
-local cannot_block_here = weft._cannot_block
+local cannot_block_here, can_yield = weft._cannot_block, weft._can_yield
 
 -- Kinds (bindings/sync.c), FFI results, wait reasons.
 local MUTEX, RWMUTEX, WAITGROUP, ONCE, COND, SEMAPHORE = 0, 1, 2, 3, 4, 5
@@ -68,7 +68,7 @@ local function acquire(o, si, k, reason, undo, what)
   local rc = sema_acquire(o, si, k, reason)
   if rc == DONE then return end
   if rc == BLOCK then
-    if not co_isyieldable() or co_yield(OP) == CANNOT then
+    if not can_yield() or co_yield(OP) == CANNOT then
       weft.go(function()
         acquire(o, si, k, reason)
         if undo then undo(o) end
@@ -85,7 +85,7 @@ local function acquire(o, si, k, reason, undo, what)
 end
 
 local function check_can_block(level)
-  if not co_isyieldable() then cannot_block_here(level + 1) end
+  if not can_yield() then cannot_block_here(level + 1) end
 end
 
 -- ---- mutex (words: wi; semaphore: si) ----------------------------------------------
