@@ -403,7 +403,9 @@ end
 
 -- ---- receiving -----------------------------------------------------------------
 
-local src, srca, pos, lim, bad = nil, 0, 0, 0, false -- srca: src's address (see bufa)
+-- srca: the address of the bytes being decoded, as a number (see bufa; and
+-- a cdata kept in an upvalue would be allocated at every decode).
+local srca, pos, lim, bad = 0, 0, 0, false
 local decoders = {}
 local compile
 
@@ -419,13 +421,13 @@ local function str()
     bad, pos = true, lim
     return ""
   end
-  local s = ffi_string(src + pos + 4, len)
+  local s = ffi_string(ffi_cast(u8p, srca + pos + 4), len)
   pos = pos + 4 + len
   return s
 end
 
 local function bool()
-  local b = src[pos]
+  local b = ffi_cast(u8p, srca + pos)[0]
   pos = pos + 1
   return b ~= 0
 end
@@ -499,12 +501,11 @@ end
 -- The table in p[0..len) (a cdata pointer, or a lightuserdata from C), or
 -- nil and an error message.
 local function decode(p, len)
-  local s0, a0, p0, l0, b0 = src, srca, pos, lim, bad
-  src, pos, lim, bad = ffi_cast(u8p, p), 0, len, false
-  srca = tonumber(ffi_cast(uptr, src))
+  local a0, p0, l0, b0 = srca, pos, lim, bad
+  srca, pos, lim, bad = tonumber(ffi_cast(uptr, p)), 0, len, false
   local v = tab()
   local ok = not bad and pos == lim
-  src, srca, pos, lim, bad = s0, a0, p0, l0, b0
+  srca, pos, lim, bad = a0, p0, l0, b0
   if ok then return v end
   return nil, "cannot decode value: bad shaped table"
 end
