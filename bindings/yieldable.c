@@ -23,9 +23,10 @@
  *  - glref: at offset 16 of a lua_State, it must point to a block starting
  *    with the allocator function and its data, as lua_getallocf reports;
  *  - cur_L: the one word of that block that holds, each time, the state
- *    running a C function called as the body of two coroutines and from the
- *    main state (other words that hold one of them at one time, such as the
- *    collector's list of new objects, differ at another).
+ *    running a C function called as the body of six coroutines and three
+ *    times from the opening state (other words that hold one of them at
+ *    one time, such as the collector's list of new objects, differ at
+ *    another).
  * If either is not found exactly so, the offsets stay unknown and
  * weft_lua_can_yield answers -1: the Lua code then uses
  * coroutine.isyieldable. Nothing here writes to LuaJIT's memory.
@@ -47,8 +48,10 @@
  * GC references (after the GC header, 8 bytes, and 4 bytes of fields); the
  * only offset tried, and only where tabkeys.c found that layout. */
 #define GLREF_OFF 16
-/* How much of the global state is searched for cur_L. */
+/* How much of the global state is searched for cur_L, and how many times
+ * two coroutines and the opening state run the probe. */
 #define GLOBAL_SCAN 2048
+#define PROBE_ROUNDS 3
 
 /* 0 while unknown (the global state starts with the allocator function). */
 static _Atomic size_t curl_off;
@@ -106,9 +109,14 @@ void weft_yieldable_probe(lua_State *L) {
     unsigned char *keep = lua_newuserdata(L, GLOBAL_SCAN / sizeof(void *));
     memset(keep, 1, GLOBAL_SCAN / sizeof(void *));
     lua_pushcclosure(L, probe, 1);
-    int ok = probe_in_coroutine(L) == 0 && probe_in_coroutine(L) == 0;
-    lua_pushvalue(L, -1);
-    ok = ok && lua_pcall(L, 0, 0, 0) == 0;
+    /* Coroutines and the state itself, in turn: a word that held each of
+     * them when it ran can only be cur_L. */
+    int ok = 1;
+    for (int round = 0; ok && round < PROBE_ROUNDS; round++) {
+        ok = probe_in_coroutine(L) == 0 && probe_in_coroutine(L) == 0;
+        lua_pushvalue(L, -1);
+        ok = ok && lua_pcall(L, 0, 0, 0) == 0;
+    }
     size_t found = 0;
     /* Offset 0 and 1 word: the allocator function and its data. */
     for (size_t i = 2; ok && i < GLOBAL_SCAN / sizeof(void *); i++) {
