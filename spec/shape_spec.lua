@@ -390,6 +390,28 @@ describe("shaped tables", function()
     end
   end)
 
+  it("keep no reference to a table the compiled guess refused", function()
+    -- The guess stores the message's tables where C counts their keys; a
+    -- table with a key more is refused there, and must not stay stored.
+    local alive = run(function()
+      local c = weft.chan(128)
+      for i = 1, 50 do c:send({ a = i, b = "s" .. i, p = { i, -i } }) end -- the guess, compiled
+      local weak = setmetatable({}, { __mode = "v" })
+      do
+        local t = { a = 51, b = "s51", p = { 51, -51 }, z = true }
+        weak[1], weak[2] = t, t.p
+        c:send(t)
+      end
+      collectgarbage()
+      collectgarbage()
+      local got = 0
+      c:close()
+      for v in c:range() do got = got + (v.a and 1 or 0) end
+      return { got = got, t = weak[1] ~= nil, p = weak[2] ~= nil }
+    end)
+    assert.are.same({ got = 51, t = false, p = false }, alive)
+  end)
+
   it("arrive whole while finalizers run in every collection cycle of the sender", function()
     -- The sender's walk is the message, so an iteration cut short would
     -- send a table short of fields (LuaJIT #827 ends compiled pairs loops

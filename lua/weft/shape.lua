@@ -333,15 +333,17 @@ local function encoder_source(d)
   table_code(d)
   if nkeys then
     -- Each table in a slot of its own, the count checked before the slots
-    -- are cleared (the check, a guard, keeps the JIT from dropping a store).
+    -- are cleared (the check, a guard, keeps the JIT from dropping a store);
+    -- cleared on both ways out, so the box keeps no message alive.
     local bs, ts, fs = {}, {}, {}
     for j = 0, ntab - 1 do
       bs[#bs + 1], ts[#ts + 1], fs[#fs + 1] = format("box[%d]", j + 1), "t" .. j, "false"
     end
     emit("%s = %s", concat(bs, ", "), concat(ts, ", "))
     emit("local n = nkeys(slots, %d)", ntab)
-    emit("if n ~= %d then return nil end", nkey)
-    emit("%s = %s", concat(bs, ", "), concat(fs, ", "))
+    local clear = format("%s = %s", concat(bs, ", "), concat(fs, ", "))
+    emit("if n ~= %d then %s return nil end", nkey, clear)
+    emit(clear)
   end
   emit("return o")
   emit("end")
