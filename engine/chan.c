@@ -34,19 +34,23 @@
  * takes its timer's lock before freeing (timer.c).
  */
 #include "core.h"
+#include "prefetch.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 struct weft_chan {
+    /* What every operation writes, in one cache line (the struct is
+     * allocated aligned to it); the read-mostly fields in the next, so that
+     * the other side's operations do not take them away. */
     weft_mutex lock;
-    atomic_int refs;
     atomic_int closed;
-    size_t cap;
+    atomic_int refs;
     _Atomic size_t count; /* written under lock; read lock-free by len() */
     size_t sendx, recvx;
-    weft_val *buf;
     weft_waitq recvq, sendq;
+    _Alignas(WEFT_CACHE_LINE) size_t cap;
+    weft_val *buf;
     struct weft_timer *timer; /* an after-channel's timer (strong) */
 };
 
@@ -132,15 +136,19 @@ void weft_val_dispose(weft_val *v) {
 weft_chan *weft_chan_new(size_t cap) {
     if (cap > ((size_t)1 << 40))
         return NULL;
-    weft_chan *c = calloc(1, sizeof *c);
+    weft_chan *c = aligned_alloc(WEFT_CACHE_LINE, sizeof *c);
     if (!c)
         return NULL;
+    memset(c, 0, sizeof *c);
     if (cap) {
-        c->buf = calloc(cap, sizeof *c->buf);
+        size_t bytes = cap * sizeof *c->buf;
+        c->buf = aligned_alloc(WEFT_CACHE_LINE,
+                               (bytes + WEFT_CACHE_LINE - 1) & ~(size_t)(WEFT_CACHE_LINE - 1));
         if (!c->buf) {
             free(c);
             return NULL;
         }
+        memset(c->buf, 0, bytes);
     }
     weft_mutex_init(&c->lock);
     atomic_init(&c->refs, 1);
@@ -200,6 +208,7 @@ static int send_locked(weft_chan *c, weft_val *v) {
         c->buf[c->sendx] = *v;
         if (++c->sendx == c->cap)
             c->sendx = 0;
+        weft_prefetch_w(&c->buf[c->sendx]); /* the next send's slot */
         atomic_store_explicit(&c->count, count + 1, memory_order_relaxed);
         weft_mutex_unlock(&c->lock);
         return WEFT_OK;
