@@ -43,7 +43,8 @@ awk -v date="$(date -u '+%Y-%m-%d %H:%M UTC')" \
     -v luajit="$luajit_version" -v gover="$go_version" \
     -v runs="${BENCH_RUNS:-5}" -v procs="${BENCH_PROCS:-2}" -v only="${BENCH_ONLY:-}" \
     -v table="${BENCH_TABLE:-bench/benchmarks.txt}" \
-    -v summary="$(grep '^summary:' "$TMP/out" || true)" -v bounds="$BOUNDS" '
+    -v summary="$(grep '^summary:' "$TMP/out" || true)" -v bounds="$BOUNDS" \
+    -v xfer="$(sed -n 's/^line transfer (\([a-z]*\)): \([0-9.]*\) ns.*/\2 ns at the \1/p' "$TMP/out" | paste -sd, - | sed 's/,/, /g')" '
 function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s); return s }
 function num(s) { return s ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ }
 # verdict(i): "" without a target, else met / missed by N% / no number.
@@ -100,6 +101,7 @@ END {
     print "- Kernel: " kernel
     print "- LuaJIT: " luajit
     print "- Go: " gover
+    if (xfer != "") print "- One cache line moved between two cores (bench/c/linexfer.c): " xfer " of the run"
     printf "- Runs: %d of each command, weft and Go alternating, medians; WEFT_PROCS = GOMAXPROCS = %d\n", runs, procs
     if (runs != 5) print "- Not the default run count (5): BENCH_RUNS=" runs
     if (table != "bench/benchmarks.txt") print "- Not the default table: " table

@@ -140,6 +140,17 @@ median() {
 cpu=$(bench_cpu_model)
 echo "weft benchmarks: $(date '+%Y-%m-%d %H:%M:%S %Z') | $(uname -m), nproc $(nproc), CPU: $cpu | $(go version | awk '{print $3}') | procs $PROCS, $RUNS runs each"
 
+# One cache line moved between two cores (bench/c/linexfer.c), at the start
+# and at the end: on a VM it changes with where the host runs the vCPUs,
+# and every benchmark that talks across processors pays it.
+linexfer() {
+    local out
+    out=$("$BUILD/bench/linexfer" 2>/dev/null) && [[ $out == linexfer\ * ]] &&
+        echo "line transfer ($1): ${out#linexfer } ns between two cores (bench/c/linexfer.c)"
+    return 0
+}
+linexfer start
+
 export WEFT_PROCS=$PROCS GOMAXPROCS=$PROCS
 
 # ---- run ----------------------------------------------------------------------
@@ -250,6 +261,8 @@ if ((${#scale_names[@]} > 0)); then
             "${scale_base[$i]}" "${scale_base_med[$i]}" "${scale_ratio[$i]}" "${scale_speedup[$i]}"
     done
 fi
+
+linexfer end
 
 if ((selected == 0)); then
     die "no benchmarks selected from $TABLE"
