@@ -180,6 +180,14 @@ struct weft_g {
 
 /* ---- processors ---------------------------------------------------------- */
 
+/* The cache line size assumed for layout (x86-64 and most arm64 cores). */
+#define WEFT_CACHE_LINE 64
+
+/* The fields come in groups by who writes them, each group starting a cache
+ * line (weft_proc is allocated aligned to one): what the owner writes at
+ * every switch (curg, running) is not on the line that other processors
+ * poll (the run queue's ends, runnext) or write (the inbox), so that polling
+ * and stealing do not take the owner's lines away from it at every switch. */
 struct weft_proc {
     int id;
     pthread_t thread;
@@ -189,22 +197,22 @@ struct weft_proc {
     ev_timer alarm;  /* armed for the earliest timer before sleeping */
     weft_ctx g0;     /* the scheduler context (the thread's own stack) */
     weft_g *curg;    /* owner only */
-    atomic_int running; /* running a goroutine now (read by thieves) */
+    _Alignas(WEFT_CACHE_LINE) atomic_int running; /* running a goroutine now (read by thieves) */
     atomic_int nhosted; /* live hosted goroutines bound here (placement) */
 
     /* Local run queue (runq.c): the owner puts at the tail, anyone takes at
      * the head (owner gets, thieves steal half). */
-    _Atomic uint32_t runqhead;
+    _Alignas(WEFT_CACHE_LINE) _Atomic uint32_t runqhead;
     _Atomic uint32_t runqtail;
     _Atomic(weft_g *) runq[WEFT_RUNQ_SIZE];
-    _Atomic(weft_g *) runnext; /* run next, inherits the time slice */
+    _Alignas(WEFT_CACHE_LINE) _Atomic(weft_g *) runnext; /* run next, inherits the time slice */
 
     /* Hosted goroutines bound here and runnable; owner only. */
-    weft_g *boundhead, *boundtail;
+    _Alignas(WEFT_CACHE_LINE) weft_g *boundhead, *boundtail;
     uint32_t nbound;
 
     /* Inbox: other threads hand back goroutines bound here. */
-    weft_mutex inboxlock;
+    _Alignas(WEFT_CACHE_LINE) weft_mutex inboxlock;
     weft_g *inboxhead, *inboxtail;
     atomic_int inboxn;
 
@@ -308,34 +316,40 @@ int weft_io_wait_finish(void); /* OK (ready), EAGAIN (timed out), ECLOSED */
 
 enum { WEFT_SCHED_STOPPED, WEFT_SCHED_RUNNING, WEFT_SCHED_STOPPING };
 
+/* Grouped like struct weft_proc: what every processor reads all the time
+ * (state, the processors) on a line of its own, and each group that some
+ * processors write often (the lock and what it guards, the idle and
+ * spinning counts, the goroutine count, the id generator) starting a line,
+ * so that writing one does not take the others away from their readers. */
 typedef struct weft_sched {
     atomic_int state;
     int nprocs;
     weft_proc **procs;
     size_t stack_size;
+    weft_g *main_g;
+    weft_host host;
 
-    weft_mutex lock; /* global run queue, idle list, global free list */
+    _Alignas(WEFT_CACHE_LINE) weft_mutex lock; /* global run queue, idle list, global free list */
     weft_g *runqhead, *runqtail;
     atomic_int runqsize;
     weft_proc *idlep;
-    atomic_int npidle;
-    atomic_int nspinning;
     weft_g *gfree;
     atomic_int ngfree; /* written under lock, peeked without */
 
-    weft_mutex alllock; /* allgs: every goroutine struct ever made (for teardown, dumps) */
+    _Alignas(WEFT_CACHE_LINE) atomic_int npidle;
+    atomic_int nspinning;
+
+    _Alignas(WEFT_CACHE_LINE) weft_mutex alllock; /* allgs: every goroutine struct ever made (for teardown, dumps) */
     weft_g **allgs;
     size_t nallgs, capallgs;
-
     atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */
     /* weft_coarse_now() at the watchdog's last tick (sysmon.c), 0 before the
      * first of this run: parks record it as the start of a wait, which dumps
      * show to the second, instead of reading the clock each time. */
     _Atomic int64_t ticknow;
-    _Atomic int64_t ngoroutines;
-    _Atomic int64_t goidgen;
-    weft_g *main_g;
-    weft_host host;
+
+    _Alignas(WEFT_CACHE_LINE) _Atomic int64_t ngoroutines;
+    _Alignas(WEFT_CACHE_LINE) _Atomic int64_t goidgen;
 } weft_sched;
 
 extern weft_sched weft_S;

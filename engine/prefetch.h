@@ -20,9 +20,6 @@
 
 #include <stdatomic.h>
 
-/* The cache line size assumed for layout (x86-64 and most arm64 cores). */
-#define WEFT_CACHE_LINE 64
-
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 

@@ -897,9 +897,10 @@ static int engine_init(const weft_config *cfg) {
     weft_S.nprocs = n;
     uint64_t seed = (uint64_t)weft_nanotime() ^ ((uint64_t)getpid() << 32);
     for (int i = 0; i < n; i++) {
-        weft_proc *p = calloc(1, sizeof *p);
+        weft_proc *p = aligned_alloc(WEFT_CACHE_LINE, sizeof *p); /* see struct weft_proc */
         if (!p)
             goto fail;
+        memset(p, 0, sizeof *p);
         weft_S.procs[i] = p;
         p->id = i;
         p->rng = (seed + (uint64_t)i * 0x9E3779B97F4A7C15ull) | 1;
