@@ -47,6 +47,9 @@ struct weft_chan {
     atomic_int closed;
     atomic_int refs;
     _Atomic size_t count; /* written under lock; read lock-free by len() */
+    /* Waiters queued in recvq and sendq: written under lock, read lock-free
+     * by weft_chan_case_idle. */
+    atomic_int nrecvw, nsendw;
     size_t sendx, recvx;
     weft_waitq recvq, sendq;
     _Alignas(WEFT_CACHE_LINE) size_t cap;
@@ -61,13 +64,23 @@ enum { DIR_RECV = WEFT_CASE_RECV, DIR_SEND = WEFT_CASE_SEND };
 /* A queued waiter holds a reference on its channel, so a channel is never
  * freed under a parked goroutine; whoever unlinks the waiter (always while
  * holding another reference, so never the last) drops it and clears w->c. */
+static atomic_int *waitq_count(weft_chan *c, const weft_waitq *q) {
+    return q == &c->recvq ? &c->nrecvw : &c->nsendw;
+}
+
 static void waitq_enqueue(weft_chan *c, weft_waitq *q, weft_waiter *w) {
     atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    atomic_int *n = waitq_count(c, q);
+    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     w->c = c;
     weft_waitq_push(q, w);
 }
 
 static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
+    atomic_int *n = waitq_count(w->c, q);
+    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
     atomic_fetch_sub_explicit(&w->c->refs, 1, memory_order_relaxed);
     w->c = NULL;
     weft_waitq_remove(q, w);
@@ -317,6 +330,20 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
         return 1;
     }
     return 0;
+}
+
+/* Without the lock, a hint for select's first pass (select.c): 1 if case cs
+ * looks unable to proceed on c (nothing to take, no room, no partner
+ * waiting, not closed), 0 if it may proceed. The fields are read one by
+ * one, so the answer may be stale by the time it is used: select only
+ * passes over such cases to try the next one, and decides with the locks
+ * held when none of them proceeds. */
+int weft_chan_case_idle(weft_chan *c, const weft_case *cs) {
+    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
+    int idle = cs->dir == DIR_RECV
+                   ? count == 0 && atomic_load_explicit(&c->nsendw, memory_order_relaxed) == 0
+                   : count >= c->cap && atomic_load_explicit(&c->nrecvw, memory_order_relaxed) == 0;
+    return idle && !atomic_load_explicit(&c->closed, memory_order_relaxed);
 }
 
 /* Queues w on c for direction dir (lock held). */

@@ -364,6 +364,7 @@ void weft_park_hosted(weft_g *g, const char *reason); /* mark parked; caller the
 bool weft_is_native(weft_g *g);
 void weft_wakep(void);
 uint32_t weft_fastrand(void);
+uint32_t weft_fastrandn(uint32_t n);
 void weft_stat_inc(_Atomic uint64_t *counter);
 int64_t weft_coarse_now(void);
 

@@ -150,6 +150,12 @@ uint32_t weft_fastrand(void) {
     return (uint32_t)(x >> 32);
 }
 
+/* Uniform in [0, n) for n > 0: a multiply and a shift instead of a division
+ * (as Go's cheaprandn); the bias is below n / 2^32. */
+uint32_t weft_fastrandn(uint32_t n) {
+    return (uint32_t)(((uint64_t)weft_fastrand() * n) >> 32);
+}
+
 static void nothing_cb(struct ev_loop *loop, void *w, int revents) {
     (void)loop;
     (void)w;
@@ -588,7 +594,7 @@ static weft_g *global_get(weft_proc *p, int max) {
 static weft_g *steal_work(weft_proc *p) {
     int n = weft_S.nprocs;
     for (int round = 0; round < 4; round++) {
-        uint32_t start = weft_fastrand() % (uint32_t)n;
+        uint32_t start = weft_fastrandn((uint32_t)n);
         for (int i = 0; i < n; i++) {
             weft_proc *v = weft_S.procs[(start + (uint32_t)i) % (uint32_t)n];
             if (v == p)

@@ -4,10 +4,17 @@
  * Protocol (after Go's selectgo)
  *  1. Poll order: a uniformly random permutation of the cases with a
  *     channel. Lock order: the same cases sorted by channel address.
- *  2. Lock every channel in lock order (a channel named by several cases is
- *     locked once). Walk the poll order; the first case that can proceed is
- *     performed, all locks are dropped, and its index returned. So among
- *     ready cases each is chosen with equal probability, and only one runs.
+ *  2. First pass, one channel at a time: walk the poll order, passing over
+ *     the cases that look unable to proceed (weft_chan_case_idle, read
+ *     without a lock), and try each other case with its own channel's lock
+ *     alone; the first that proceeds is the select's, and its index is
+ *     returned. Most selects with a ready case take one lock instead of
+ *     all of them.
+ *  2b. Otherwise lock every channel in lock order (a channel named by several
+ *     cases is locked once). Walk the poll order; the first case that can
+ *     proceed is performed, all locks are dropped, and its index returned.
+ *     In both passes, among ready cases each is chosen with equal
+ *     probability (the poll order is random), and only one runs.
  *  3. None ready: with nonblock, unlock and return -1. Otherwise queue one
  *     waiter per case (in lock order) with is_select set, clear
  *     g->selectdone, and park; the unlock of all channels happens after the
@@ -34,6 +41,7 @@
 
 /* chan.c */
 int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake);
+int weft_chan_case_idle(weft_chan *c, const weft_case *cs);
 void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w);
 void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w);
 
@@ -136,20 +144,37 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
     for (int i = 0; i < n; i++) {
         if (!cases[i].ch)
             continue;
-        int j = (int)(weft_fastrand() % (uint32_t)(m + 1));
+        int j = (int)weft_fastrandn((uint32_t)(m + 1));
         pollorder[m] = pollorder[j];
         pollorder[j] = i;
         lockorder[m] = i;
         m++;
     }
+    weft_proc *p = weft_proc_self();
+    if (p && m)
+        weft_stat_inc(&p->st_chanops);
+    for (int k = 0; k < m; k++) {
+        int i = pollorder[k];
+        weft_chan *c = cases[i].ch;
+        if (weft_chan_case_idle(c, &cases[i]))
+            continue;
+        weft_waiter *wake;
+        weft_chan_lock(c);
+        int done = weft_chan_try_case_locked(c, &cases[i], &wake);
+        weft_chan_unlock(c);
+        if (done) {
+            *s = (sel){cases, lockorder, NULL, 0};
+            if (wake)
+                weft_ready(wake->g, true);
+            return i;
+        }
+    }
+
     sort_by_chan(cases, lockorder, m);
     *s = (sel){cases, lockorder, NULL, m};
     if (m == 0)
         return nonblock ? -1 : WEFT_PENDING; /* no cases: blocks forever */
 
-    weft_proc *p = weft_proc_self();
-    if (p)
-        weft_stat_inc(&p->st_chanops);
     sel_lock(s);
     for (int k = 0; k < m; k++) {
         int i = pollorder[k];

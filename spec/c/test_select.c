@@ -116,6 +116,62 @@ static void test_fairness(void) {
     ctest_run(1, fairness_main, NULL);
 }
 
+/* ---- uniform choice whatever makes a case ready ------------------------------
+ * A value in the buffer, a closed channel, a partner parked on an unbuffered
+ * channel, room in a buffer: each ready case is chosen as often as the
+ * others (select passes over idle-looking cases before it locks, and must
+ * not favour one kind of readiness), and a case that is not ready never. */
+
+static void kinds_partner(void *arg) {
+    weft_chan *u = arg;
+    weft_val v;
+    while (weft_chan_recv(u, &v) == 1)
+        ;
+}
+
+static void kinds_main(void *arg) {
+    (void)arg;
+    enum { K = 5, N = 40000 };
+    weft_chan *full = weft_chan_new(1), *closed = weft_chan_new(1), *u = weft_chan_new(0),
+              *room = weft_chan_new(1), *idle = weft_chan_new(0);
+    weft_chan_close(closed);
+    weft_go(kinds_partner, u);
+    int hits[K] = {0};
+    weft_val v;
+    for (int i = 0; i < N; i++) {
+        if (weft_chan_len(full) == 0)
+            weft_chan_send(full, weft_val_int(1));
+        if (weft_chan_len(room) != 0)
+            weft_chan_recv(room, &v);
+        weft_yield(); /* one processor: the partner is parked on u again */
+        weft_case cs[K] = {weft_case_recv(full), weft_case_recv(closed),
+                           weft_case_send(u, weft_val_int(i)), weft_case_send(room, weft_val_int(i)),
+                           weft_case_recv(idle)};
+        int k = weft_select(cs, K, 1);
+        CHECKF(k >= 0 && k < K - 1, "select chose %d", k);
+        if (k < 0 || k >= K - 1)
+            break;
+        CHECK_EQ(cs[k].ok, k == 1 ? 0 : 1);
+        hits[k]++;
+    }
+    /* Chi-square with 3 degrees of freedom: 16.27 is the 0.1% tail. */
+    double chi = 0, e = (double)N / (K - 1);
+    for (int k = 0; k < K - 1; k++)
+        chi += (hits[k] - e) * (hits[k] - e) / e;
+    CHECKF(chi < 16.27, "chi2=%.2f hits=%d,%d,%d,%d", chi, hits[0], hits[1], hits[2], hits[3]);
+    weft_chan_close(u);
+    weft_yield();
+    weft_chan_release(full);
+    weft_chan_release(closed);
+    weft_chan_release(u);
+    weft_chan_release(room);
+    weft_chan_release(idle);
+}
+
+static void test_fair_kinds(void) {
+    ctest_run(1, kinds_main, NULL);
+}
+
 /* ---- racing selects: each value taken once, each select performs one case --- */
 
 enum { RS_CHANS = 4, RS_SENDERS = 4, RS_PER_SENDER = 25000 };
@@ -268,6 +324,7 @@ const ctest_case select_tests[] = {
     {"basic", test_basic},
     {"blocking_wake", test_blocking_wake},
     {"fairness", test_fairness},
+    {"fair_kinds", test_fair_kinds},
     {"racing_selects", test_racing_selects},
     {"duplicate_channels", test_duplicate_channels},
     {"close_wakes_select", test_close_wakes_select},
