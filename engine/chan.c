@@ -510,10 +510,35 @@ int weft_chan_recv_finish(weft_val *out) {
     return recv_result(weft_g_self(), out);
 }
 
+/* The non-blocking forms first look without the lock, as Go's do: a send
+ * to a full buffer (or, unbuffered, with no receiver queued) or a receive
+ * from an empty one (no sender queued) on an open channel fails at once.
+ * The emptiness or fullness is read first and `closed` after it: closed is
+ * never undone, so seeing it clear means that the channel was open when the
+ * rest was read, and the operation could not proceed at that moment. Only
+ * a waiter that the lock would show to be a finished select's leftover
+ * sends them to the lock. A blocking Lua send or receive starts with these,
+ * so it locks once (to queue its waiter), not twice. */
+static bool looks_full(weft_chan *c) {
+    size_t count = atomic_load_explicit(&c->count, memory_order_acquire);
+    if (c->cap == 0)
+        return atomic_load_explicit(&c->nrecvw, memory_order_acquire) == 0;
+    return count >= c->cap; /* no receiver is queued while count > 0 */
+}
+
+static bool looks_empty(weft_chan *c) {
+    size_t count = atomic_load_explicit(&c->count, memory_order_acquire);
+    if (c->cap == 0)
+        return atomic_load_explicit(&c->nsendw, memory_order_acquire) == 0;
+    return count == 0; /* no sender is queued while count < cap */
+}
+
 int weft_chan_trysend(weft_chan *c, weft_val v) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
+    if (looks_full(c) && !atomic_load_explicit(&c->closed, memory_order_relaxed))
+        return WEFT_EAGAIN;
     weft_mutex_lock(&c->lock);
     int rc = send_locked(c, &v);
     if (rc == WEFT_EAGAIN)
@@ -525,6 +550,8 @@ int weft_chan_tryrecv(weft_chan *c, weft_val *out) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
+    if (looks_empty(c) && !atomic_load_explicit(&c->closed, memory_order_relaxed))
+        return WEFT_EAGAIN;
     weft_mutex_lock(&c->lock);
     int rc = recv_locked(c, out);
     if (rc == WEFT_EAGAIN)

@@ -265,6 +265,140 @@ static void test_many_to_many(void) {
             ctest_run(2, mm_main, &caps[k]);
 }
 
+/* ---- non-blocking forms: every way a channel can be ready or not ----------------
+ * They first look without the lock; each case below must still come out as
+ * it would under the lock. One processor, so a goroutine started and given
+ * a yield has reached its park. */
+
+static void park_recv(void *arg) {
+    weft_chan **io = arg;
+    weft_val v;
+    int rc = weft_chan_recv(io[0], &v);
+    CHECK_EQ(weft_chan_send(io[1], weft_val_int(rc == 1 ? v.u.i : -1000 - rc)), WEFT_OK);
+}
+
+static void park_send(void *arg) {
+    weft_chan **io = arg;
+    int rc = weft_chan_send(io[0], weft_val_int(77));
+    CHECK_EQ(weft_chan_send(io[1], weft_val_int(rc)), WEFT_OK);
+}
+
+static void park_select(void *arg) {
+    weft_chan **io = arg; /* a receive on io[0] or on io[2], whichever comes */
+    weft_case cs[2] = {weft_case_recv(io[0]), weft_case_recv(io[2])};
+    int k = weft_select(cs, 2, 0);
+    CHECK_EQ(weft_chan_send(io[1], weft_val_int(k)), WEFT_OK);
+}
+
+static void try_main(void *arg) {
+    (void)arg;
+    weft_val v;
+    weft_chan *u = weft_chan_new(0), *res = weft_chan_new(4), *x = weft_chan_new(1);
+    weft_chan *io[3] = {u, res, x};
+    /* Unbuffered, nobody there: neither form proceeds. */
+    CHECK_EQ(weft_chan_trysend(u, weft_val_int(1)), WEFT_EAGAIN);
+    CHECK_EQ(weft_chan_tryrecv(u, &v), WEFT_EAGAIN);
+    /* A parked receiver takes a try-send; a parked sender feeds a try-receive. */
+    weft_go(park_recv, io);
+    weft_yield();
+    CHECK_EQ(weft_chan_tryrecv(u, &v), WEFT_EAGAIN); /* a receiver is no sender */
+    CHECK_EQ(weft_chan_trysend(u, weft_val_int(41)), WEFT_OK);
+    CHECK_EQ(weft_chan_recv(res, &v), 1);
+    CHECK_EQ(v.u.i, 41);
+    weft_go(park_send, io);
+    weft_yield();
+    CHECK_EQ(weft_chan_trysend(u, weft_val_int(2)), WEFT_EAGAIN); /* a sender is no receiver */
+    CHECK_EQ(weft_chan_tryrecv(u, &v), 1);
+    CHECK_EQ(v.u.i, 77);
+    CHECK_EQ(weft_chan_recv(res, &v), 1);
+    CHECK_EQ(v.u.i, WEFT_OK);
+    /* A select's waiter that another case completed is withdrawn. */
+    weft_go(park_select, io);
+    weft_yield();
+    CHECK_EQ(weft_chan_send(x, weft_val_int(5)), WEFT_OK);
+    CHECK_EQ(weft_chan_recv(res, &v), 1);
+    CHECK_EQ(v.u.i, 1);
+    CHECK_EQ(weft_chan_trysend(u, weft_val_int(3)), WEFT_EAGAIN);
+    /* Closed: a try-send reports it, a try-receive gets (0, zero value). */
+    weft_chan_close(u);
+    CHECK_EQ(weft_chan_trysend(u, weft_val_int(4)), WEFT_ECLOSED);
+    CHECK_EQ(weft_chan_tryrecv(u, &v), 0);
+    /* Buffered: full refuses, closed while full reports closed, and what
+     * was buffered still comes out after the close. */
+    weft_chan *b = weft_chan_new(1);
+    CHECK_EQ(weft_chan_trysend(b, weft_val_int(8)), WEFT_OK);
+    CHECK_EQ(weft_chan_trysend(b, weft_val_int(9)), WEFT_EAGAIN);
+    weft_chan_close(b);
+    CHECK_EQ(weft_chan_trysend(b, weft_val_int(9)), WEFT_ECLOSED);
+    CHECK_EQ(weft_chan_tryrecv(b, &v), 1);
+    CHECK_EQ(v.u.i, 8);
+    CHECK_EQ(weft_chan_tryrecv(b, &v), 0);
+    weft_chan_release(b);
+    weft_chan_release(u);
+    weft_chan_release(res);
+    weft_chan_release(x);
+}
+
+static void test_try_forms(void) {
+    ctest_run(1, try_main, NULL);
+}
+
+/* Try-loops on two processors: every value sent once arrives once. */
+enum { TL_SENDERS = 2, TL_N = 50000 };
+static atomic_llong tl_sent, tl_got, tl_sum;
+
+static void tl_sender(void *arg) {
+    weft_chan *c = arg;
+    for (int i = 1; i <= TL_N; i++) {
+        while (weft_chan_trysend(c, weft_val_int(i)) == WEFT_EAGAIN)
+            weft_yield();
+        atomic_fetch_add(&tl_sent, i);
+    }
+}
+
+static void tl_receiver(void *arg) {
+    weft_chan *c = arg;
+    weft_val v;
+    for (;;) {
+        int rc = weft_chan_tryrecv(c, &v);
+        if (rc == 0)
+            return;
+        if (rc == 1) {
+            atomic_fetch_add(&tl_got, 1);
+            atomic_fetch_add(&tl_sum, v.u.i);
+        } else {
+            weft_yield();
+        }
+    }
+}
+
+static void tl_main(void *arg) {
+    weft_chan *c = weft_chan_new(*(size_t *)arg);
+    atomic_store(&tl_sent, 0);
+    atomic_store(&tl_got, 0);
+    atomic_store(&tl_sum, 0);
+    for (int i = 0; i < TL_SENDERS; i++)
+        weft_go(tl_sender, c);
+    weft_go(tl_receiver, c);
+    while (atomic_load(&tl_sent) < (long long)TL_SENDERS * TL_N * (TL_N + 1) / 2)
+        weft_yield();
+    while (weft_chan_len(c) > 0)
+        weft_yield();
+    weft_chan_close(c);
+    while (weft_count() > 1)
+        weft_yield();
+    CHECK_EQ(atomic_load(&tl_got), (long long)TL_SENDERS * TL_N);
+    CHECK_EQ(atomic_load(&tl_sum), (long long)TL_SENDERS * TL_N * (TL_N + 1) / 2);
+    weft_chan_release(c);
+}
+
+static void test_try_loops(void) {
+    size_t caps[] = {1, 16};
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t k = 0; k < 2; k++)
+            ctest_run(2, tl_main, &caps[k]);
+}
+
 /* ---- nil channels ------------------------------------------------------------ */
 
 static void test_nil_channel(void) {
@@ -285,5 +419,7 @@ const ctest_case chan_tests[] = {
     {"heap_values", test_heap_values},
     {"many_to_many", test_many_to_many},
     {"nil_channel", test_nil_channel},
+    {"try_forms", test_try_forms},
+    {"try_loops", test_try_loops},
     {NULL, NULL},
 };
