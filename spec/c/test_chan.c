@@ -356,13 +356,17 @@ static void tl_sender(void *arg) {
     }
 }
 
+static weft_chan *tl_done;
+
 static void tl_receiver(void *arg) {
     weft_chan *c = arg;
     weft_val v;
     for (;;) {
         int rc = weft_chan_tryrecv(c, &v);
-        if (rc == 0)
+        if (rc == 0) {
+            CHECK_EQ(weft_chan_send(tl_done, weft_val_int(1)), WEFT_OK);
             return;
+        }
         if (rc == 1) {
             atomic_fetch_add(&tl_got, 1);
             atomic_fetch_add(&tl_sum, v.u.i);
@@ -374,6 +378,7 @@ static void tl_receiver(void *arg) {
 
 static void tl_main(void *arg) {
     weft_chan *c = weft_chan_new(*(size_t *)arg);
+    tl_done = weft_chan_new(1);
     atomic_store(&tl_sent, 0);
     atomic_store(&tl_got, 0);
     atomic_store(&tl_sum, 0);
@@ -385,11 +390,12 @@ static void tl_main(void *arg) {
     while (weft_chan_len(c) > 0)
         weft_yield();
     weft_chan_close(c);
-    while (weft_count() > 1)
-        weft_yield();
+    weft_val v;
+    CHECK_EQ(weft_chan_recv(tl_done, &v), 1); /* the receiver saw the close */
     CHECK_EQ(atomic_load(&tl_got), (long long)TL_SENDERS * TL_N);
     CHECK_EQ(atomic_load(&tl_sum), (long long)TL_SENDERS * TL_N * (TL_N + 1) / 2);
     weft_chan_release(c);
+    weft_chan_release(tl_done);
 }
 
 static void test_try_loops(void) {
