@@ -113,7 +113,9 @@ static const void *box_slots(lua_State *L, int box, int n) {
 /* weft_core.tabkeys_slots(box, n): see box_slots. */
 static int l_slots(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    const void *p = box_slots(L, 1, (int)luaL_checkinteger(L, 2));
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0 && n <= MAX_SLOTS, 2, "slot count out of range");
+    const void *p = box_slots(L, 1, (int)n);
     if (p)
         lua_pushlightuserdata(L, (void *)p);
     else

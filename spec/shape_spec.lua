@@ -317,6 +317,7 @@ describe("shaped tables", function()
     assert.is_function(slots_of) -- this LuaJIT's table layout is the one it reads
     local box = { false, false, false }
     assert.is_nil(slots_of(box, 8)) -- fewer slots than that
+    assert.has_error(function() slots_of(box, -1) end, "bad argument #2 to 'slots_of' (slot count out of range)")
     local slots = ffi.cast("const void *", slots_of(box, 3))
     local function nkeys(...)
       local n = select("#", ...)
