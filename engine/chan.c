@@ -10,8 +10,8 @@
  *    and a receiver only when no sender is waiting and the buffer is empty.
  *    (Select waiters whose goroutine was already claimed by another case may
  *    linger in either queue; dequeue skips them.)
- *  - cap == 0 or count > 0 implies recvq has no live waiter;
- *    cap == 0 or count < cap implies sendq has no live waiter.
+ *  - count > 0 implies recvq has no live waiter; count < cap implies sendq
+ *    has no live waiter (an unbuffered channel has count == cap == 0).
  *  - Once closed, a channel is never reopened, and no waiter is queued on it
  *    (close wakes all of them; send and recv check closed first).
  *  - FIFO: buffered values leave in the order they entered; a receive from a
@@ -19,6 +19,20 @@
  *    the tail, so order is kept across blocked senders too.
  *  - A value (weft_val) is moved, never duplicated: on every path it ends in
  *    exactly one of the buffer, a waiter's val, or the caller's hands.
+ *  - count, nrecvw and nsendw (the waiters in recvq and sendq, live or not)
+ *    and closed are written under c->lock and also read without it, as
+ *    hints, one field at a time: by the non-blocking forms, which fail
+ *    without locking when the operation cannot proceed on an open channel
+ *    (looks_full, looks_empty: closed is read last, and a closed channel
+ *    always takes the lock), and by select's first pass
+ *    (weft_chan_case_idle). A stale hint costs a lock, never a wrong
+ *    result: everything that decides is done under the lock.
+ *
+ * Layout: what every operation writes (lock, counts, indices, queues) shares
+ * one cache line, and what only the creator writes (cap, buf, timer) the
+ * next; the struct and the buffer are allocated aligned to the line. A
+ * buffered send prefetches the slot the next send fills (prefetch.h): the
+ * receiver's core touched it last.
  *
  * Waking: a waker unlinks the waiter under c->lock, writes the value and
  * `success` into it, and calls weft_ready() after unlocking; a select waiter
