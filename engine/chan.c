@@ -25,8 +25,10 @@
  *    without locking when the operation cannot proceed on an open channel
  *    (looks_full, looks_empty: closed is read last, and a closed channel
  *    always takes the lock), and by select's first pass
- *    (weft_chan_case_idle). A stale hint costs a lock, never a wrong
- *    result: everything that decides is done under the lock.
+ *    (weft_chan_case_idle). A failing non-blocking form takes effect at
+ *    the moment it read the hints, when they held together (as Go's do);
+ *    everything else that decides is done under the lock, so a stale hint
+ *    costs time, not a wrong result.
  *
  * Layout: what every operation writes (lock, counts, indices, queues) shares
  * one cache line, and what only the creator writes (cap, buf, timer) the
