@@ -30,9 +30,12 @@
  *    everything else that decides is done under the lock, so a stale hint
  *    costs time, not a wrong result.
  *
- * Layout: what every operation writes (lock, counts, indices, queues) shares
- * one cache line, and what only the creator writes (cap, buf, timer) the
- * next; the struct and the buffer are allocated aligned to the line. A
+ * Layout: what every operation writes (lock, counts, indices, the waiter
+ * queues) comes first, in the first cache line but for the send queue's
+ * end, which spills into the second; what only the creator writes (cap,
+ * buf, timer) starts the third, so that no operation takes it away from
+ * the other side's cache. The struct and the buffer are allocated aligned
+ * to the line. A
  * buffered send prefetches the slot the next send fills (prefetch.h): the
  * receiver's core touched it last.
  *
@@ -56,9 +59,8 @@
 #include <string.h>
 
 struct weft_chan {
-    /* What every operation writes, in one cache line (the struct is
-     * allocated aligned to it); the read-mostly fields in the next, so that
-     * the other side's operations do not take them away. */
+    /* What every operation writes first (see Layout above), the fields that
+     * only the creator writes from a cache line of their own. */
     weft_mutex lock;
     atomic_int closed;
     atomic_int refs;
@@ -88,7 +90,7 @@ static void waitq_enqueue(weft_chan *c, weft_waitq *q, weft_waiter *w) {
     atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     atomic_int *n = waitq_count(c, q);
     atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+                          memory_order_release); /* see looks_full */
     w->c = c;
     weft_waitq_push(q, w);
 }
@@ -96,7 +98,7 @@ static void waitq_enqueue(weft_chan *c, weft_waitq *q, weft_waiter *w) {
 static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
     atomic_int *n = waitq_count(w->c, q);
     atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
+                          memory_order_release); /* see looks_full */
     atomic_fetch_sub_explicit(&w->c->refs, 1, memory_order_relaxed);
     w->c = NULL;
     weft_waitq_remove(q, w);
@@ -238,7 +240,7 @@ static int send_locked(weft_chan *c, weft_val *v) {
         if (++c->sendx == c->cap)
             c->sendx = 0;
         weft_prefetch_w(&c->buf[c->sendx]); /* the next send's slot */
-        atomic_store_explicit(&c->count, count + 1, memory_order_relaxed);
+        atomic_store_explicit(&c->count, count + 1, memory_order_release);
         weft_mutex_unlock(&c->lock);
         return WEFT_OK;
     }
@@ -271,7 +273,7 @@ static int recv_locked(weft_chan *c, weft_val *out) {
         memset(&c->buf[c->recvx], 0, sizeof *out);
         if (++c->recvx == c->cap)
             c->recvx = 0;
-        atomic_store_explicit(&c->count, count - 1, memory_order_relaxed);
+        atomic_store_explicit(&c->count, count - 1, memory_order_release);
         weft_mutex_unlock(&c->lock);
         return 1;
     }
@@ -312,7 +314,7 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
             memset(&c->buf[c->recvx], 0, sizeof cs->val);
             if (++c->recvx == c->cap)
                 c->recvx = 0;
-            atomic_store_explicit(&c->count, count - 1, memory_order_relaxed);
+            atomic_store_explicit(&c->count, count - 1, memory_order_release);
             cs->ok = 1;
             return 1;
         }
@@ -340,7 +342,7 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
         c->buf[c->sendx] = cs->val;
         if (++c->sendx == c->cap)
             c->sendx = 0;
-        atomic_store_explicit(&c->count, count + 1, memory_order_relaxed);
+        atomic_store_explicit(&c->count, count + 1, memory_order_release);
         memset(&cs->val, 0, sizeof cs->val);
         cs->ok = 1;
         return 1;
@@ -529,9 +531,14 @@ int weft_chan_recv_finish(weft_val *out) {
 /* The non-blocking forms first look without the lock, as Go's do: a send
  * to a full buffer (or, unbuffered, with no receiver queued) or a receive
  * from an empty one (no sender queued) on an open channel fails at once.
- * The emptiness or fullness is read first and `closed` after it: closed is
- * never undone, so seeing it clear means that the channel was open when the
- * rest was read, and the operation could not proceed at that moment. Only
+ * The emptiness or fullness is read first (acquire) and `closed` after it:
+ * closed is never undone, so seeing it clear means that the channel was
+ * open when the rest was read, and the operation could not proceed at that
+ * moment. The counts are stored with release: a close sets `closed` and
+ * then unlinks the waiters, and a reader that sees a waiter count the close
+ * lowered must also see `closed` set (on arm64 two plain stores may become
+ * visible in either order); likewise a count lowered by a receive after a
+ * close. Only
  * a waiter that the lock would show to be a finished select's leftover
  * sends them to the lock. A blocking Lua send or receive starts with these,
  * so it locks once (to queue its waiter), not twice. */

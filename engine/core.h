@@ -185,9 +185,10 @@ struct weft_g {
 
 /* The fields come in groups by who writes them, each group starting a cache
  * line (weft_proc is allocated aligned to one): what the owner writes at
- * every switch (curg, running) is not on the line that other processors
- * poll (the run queue's ends, runnext) or write (the inbox), so that polling
- * and stealing do not take the owner's lines away from it at every switch. */
+ * every switch (curg; running, which thieves read, on a line of its own) is
+ * not on the lines that other processors poll (the run queue's ends,
+ * runnext) or write (the inbox), so that polling and stealing do not take
+ * the owner's lines away from it at every switch. */
 struct weft_proc {
     int id;
     pthread_t thread;
@@ -208,7 +209,8 @@ struct weft_proc {
     _Alignas(WEFT_CACHE_LINE) _Atomic(weft_g *) runnext; /* run next, inherits the time slice */
 
     /* Hosted goroutines bound here and runnable; owner only. */
-    _Alignas(WEFT_CACHE_LINE) weft_g *boundhead, *boundtail;
+    _Alignas(WEFT_CACHE_LINE) weft_g *boundhead;
+    weft_g *boundtail;
     uint32_t nbound;
 
     /* Inbox: other threads hand back goroutines bound here. */
