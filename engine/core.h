@@ -26,6 +26,7 @@ typedef struct weft_g weft_g;
 typedef struct weft_waiter weft_waiter;
 
 #define WEFT_RUNQ_SIZE 256 /* local run queue ring; a power of two */
+#define WEFT_GFREE_LOCAL 128 /* free goroutines a processor keeps; even */
 #define WEFT_MAX_PROCS 256
 
 /* ---- goroutines ---------------------------------------------------------- */
@@ -240,8 +241,9 @@ struct weft_proc {
     int niowait;
     weft_g *iowoken; /* fd waits done in callbacks, readied by weft_io_flush */
 
-    /* Free goroutines (with their stacks) for reuse. */
-    weft_g *gfree;
+    /* Free goroutines (with their stacks) for reuse: a stack of pointers,
+     * so that taking one reads nothing of the others (proc.c). */
+    weft_g *gfree[WEFT_GFREE_LOCAL];
     int ngfree;
 
     /* Statistics: written by the owner only, read by anyone. */
@@ -335,8 +337,9 @@ typedef struct weft_sched {
     weft_g *runqhead, *runqtail;
     atomic_int runqsize;
     weft_proc *idlep;
-    weft_g *gfree;
+    weft_g **gfree; /* free goroutines, a stack of pointers of capgfree */
     atomic_int ngfree; /* written under lock, peeked without */
+    int capgfree;
 
     _Alignas(WEFT_CACHE_LINE) atomic_int npidle;
     atomic_int nspinning;

@@ -74,6 +74,7 @@
 #define _GNU_SOURCE
 #endif
 #include "core.h"
+#include "prefetch.h"
 #include "diag.h"
 #include "sanitizer.h"
 
@@ -198,34 +199,58 @@ static weft_g *g_alloc_struct(void) {
     return g;
 }
 
-/* A free goroutine struct: the processor's list, else a batch from the
- * global list, else a new one. */
+/* Free goroutine structs, with their native stacks, wait in stacks of
+ * pointers: the processor's (owner only), and the global one (sched.lock),
+ * which takes and gives them in halves of a processor's. A goroutine is
+ * mostly freed on another processor than the one that made it (a thief
+ * ran it): moving a chain of them would read each struct, one cache miss
+ * after the other, while moving pointers reads none, and taking one
+ * prefetches the next (prefetch.h). The global stack keeps at most 4096
+ * native stacks; a struct it cannot take (out of memory) stays in allgs
+ * only, and is freed at teardown. */
+enum { GFREE_HALF = WEFT_GFREE_LOCAL / 2, GFREE_STACKS = 4096 };
+
+/* Room for n more in the global stack (sched.lock held). */
+static bool gfree_room(int n) {
+    int need = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed) + n;
+    if (need <= weft_S.capgfree)
+        return true;
+    int cap = weft_S.capgfree ? weft_S.capgfree : 256;
+    while (cap < need)
+        cap *= 2;
+    weft_g **a = realloc(weft_S.gfree, (size_t)cap * sizeof *a);
+    if (!a)
+        return false;
+    weft_S.gfree = a;
+    weft_S.capgfree = cap;
+    return true;
+}
+
+/* A free goroutine struct: the processor's stack, else half a processor's
+ * worth from the global one, else a new one. */
 static weft_g *g_get(weft_proc *p) {
-    if (p && !p->gfree && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
+    if (p && p->ngfree == 0 && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
         weft_mutex_lock(&weft_S.lock);
-        while (p->ngfree < 32 && weft_S.gfree) {
-            weft_g *g = weft_S.gfree;
-            weft_S.gfree = g->schedlink;
-            weft_S.ngfree--;
-            g->schedlink = p->gfree;
-            p->gfree = g;
-            p->ngfree++;
-        }
+        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
+        int k = n < GFREE_HALF ? n : GFREE_HALF;
+        memcpy(p->gfree, weft_S.gfree + (n - k), (size_t)k * sizeof *p->gfree);
+        atomic_store_explicit(&weft_S.ngfree, n - k, memory_order_relaxed);
         weft_mutex_unlock(&weft_S.lock);
+        p->ngfree = k;
     }
-    if (p && p->gfree) {
-        weft_g *g = p->gfree;
-        p->gfree = g->schedlink;
-        p->ngfree--;
+    if (p && p->ngfree > 0) {
+        weft_g *g = p->gfree[--p->ngfree];
+        if (p->ngfree > 0)
+            weft_prefetch_w(p->gfree[p->ngfree - 1]);
         return g;
     }
     if (!p && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
         weft_g *g = NULL;
         weft_mutex_lock(&weft_S.lock);
-        if (weft_S.gfree) {
-            g = weft_S.gfree;
-            weft_S.gfree = g->schedlink;
-            weft_S.ngfree--;
+        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
+        if (n > 0) {
+            g = weft_S.gfree[n - 1];
+            atomic_store_explicit(&weft_S.ngfree, n - 1, memory_order_relaxed);
         }
         weft_mutex_unlock(&weft_S.lock);
         if (g)
@@ -234,27 +259,30 @@ static weft_g *g_get(weft_proc *p) {
     return g_alloc_struct();
 }
 
-/* Puts a dead goroutine on p's free list, spilling half to the global list
- * when it grows long; the global list keeps at most 4096 stacks. */
+/* Puts a dead goroutine on p's free stack; a full stack gives its older
+ * half to the global one. */
 static void g_put(weft_proc *p, weft_g *g) {
     atomic_store_explicit(&g->state, WEFT_G_IDLE, memory_order_relaxed);
-    g->schedlink = p->gfree;
-    p->gfree = g;
-    p->ngfree++;
-    if (p->ngfree < 64)
-        return;
-    weft_mutex_lock(&weft_S.lock);
-    while (p->ngfree > 32) {
-        weft_g *x = p->gfree;
-        p->gfree = x->schedlink;
-        p->ngfree--;
-        if (weft_S.ngfree >= 4096 && x->nat)
-            g_native_free(x);
-        x->schedlink = weft_S.gfree;
-        weft_S.gfree = x;
-        weft_S.ngfree++;
+    if (p->ngfree == WEFT_GFREE_LOCAL) {
+        weft_mutex_lock(&weft_S.lock);
+        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
+        if (gfree_room(GFREE_HALF)) {
+            for (int i = 0; i < GFREE_HALF; i++) {
+                weft_g *x = p->gfree[i];
+                if (n + i >= GFREE_STACKS && x->nat)
+                    g_native_free(x);
+                weft_S.gfree[n + i] = x;
+            }
+            atomic_store_explicit(&weft_S.ngfree, n + GFREE_HALF, memory_order_relaxed);
+        } else {
+            for (int i = 0; i < GFREE_HALF; i++)
+                g_native_free(p->gfree[i]); /* the structs stay in allgs */
+        }
+        weft_mutex_unlock(&weft_S.lock);
+        memmove(p->gfree, p->gfree + GFREE_HALF, GFREE_HALF * sizeof *p->gfree);
+        p->ngfree = GFREE_HALF;
     }
-    weft_mutex_unlock(&weft_S.lock);
+    p->gfree[p->ngfree++] = g;
 }
 
 /* Prepares a fresh goroutine: id, stack, entry. */
@@ -892,6 +920,7 @@ static int engine_init(const weft_config *cfg) {
     atomic_store(&weft_S.nspinning, 0);
     weft_S.gfree = NULL;
     weft_S.ngfree = 0;
+    weft_S.capgfree = 0;
     atomic_store(&weft_S.ngoroutines, 0);
     atomic_store(&weft_S.goidgen, 0); /* main is goroutine 1, as in Go */
     atomic_store(&weft_S.npollwait, 0);
@@ -959,6 +988,10 @@ static void engine_teardown(void) {
     free(weft_S.allgs);
     weft_S.allgs = NULL;
     weft_S.nallgs = weft_S.capallgs = 0;
+    free(weft_S.gfree);
+    weft_S.gfree = NULL;
+    atomic_store(&weft_S.ngfree, 0);
+    weft_S.capgfree = 0;
     procs_free();
     atomic_store(&weft_S.ngoroutines, 0);
 }

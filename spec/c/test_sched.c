@@ -51,6 +51,46 @@ static void many_main(void *arg) {
     weft_chan_release(many.finished);
 }
 
+/* Waves of goroutines all alive at once, then all exiting (on either
+ * processor): their structs go through the processors' free stacks and the
+ * global one, past the 4096 stacks it keeps, and the next wave reuses them,
+ * with their stacks or with new ones. Every goroutine of every wave runs
+ * exactly once. */
+enum { WAVE = 10000, WAVES = 3 };
+static weft_chan *wave_gate, *wave_done;
+static atomic_llong wave_sum;
+
+static void wave_child(void *arg) {
+    weft_val v;
+    CHECK_EQ(weft_chan_recv(wave_gate, &v), 0); /* until the gate closes */
+    atomic_fetch_add(&wave_sum, (long long)(intptr_t)arg);
+    CHECK_EQ(weft_chan_send(wave_done, weft_val_int(1)), WEFT_OK);
+}
+
+static void waves_main(void *arg) {
+    (void)arg;
+    for (int w = 0; w < WAVES; w++) {
+        wave_gate = weft_chan_new(0);
+        wave_done = weft_chan_new(WAVE);
+        atomic_store(&wave_sum, 0);
+        for (intptr_t i = 1; i <= WAVE; i++)
+            CHECK(weft_go(wave_child, (void *)i) > 0);
+        weft_chan_close(wave_gate);
+        weft_val v;
+        for (int i = 0; i < WAVE; i++)
+            CHECK_EQ(weft_chan_recv(wave_done, &v), 1);
+        CHECK_EQ(atomic_load(&wave_sum), (long long)WAVE * (WAVE + 1) / 2);
+        while (weft_count() > 1)
+            weft_yield();
+        weft_chan_release(wave_gate);
+        weft_chan_release(wave_done);
+    }
+}
+
+static void test_recycled_goroutines(void) {
+    ctest_run(2, waves_main, NULL);
+}
+
 static void test_many_goroutines(void) {
     for (int rep = 0; rep < 5; rep++) {
         memset(&many, 0, sizeof many);
@@ -472,6 +512,7 @@ const ctest_case sched_tests[] = {
     {"idle_procs_are_woken", test_idle_procs_are_woken},
     {"work_reaches_polling_procs", test_work_reaches_polling_procs},
     {"many_goroutines", test_many_goroutines},
+    {"recycled_goroutines", test_recycled_goroutines},
     {"work_stealing", test_work_stealing},
     {"yield", test_yield},
     {"ids_and_restart", test_ids_and_restart},
