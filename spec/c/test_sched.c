@@ -51,12 +51,12 @@ static void many_main(void *arg) {
     weft_chan_release(many.finished);
 }
 
-/* Waves of goroutines all alive at once, then all exiting (on either
+/* Waves of 5000 goroutines all alive at once, then all exiting (on either
  * processor): their structs go through the processors' free stacks and the
  * global one, past the 4096 stacks it keeps, and the next wave reuses them,
  * with their stacks or with new ones. Every goroutine of every wave runs
  * exactly once. */
-enum { WAVE = 10000, WAVES = 3 };
+enum { WAVE = 5000, WAVES = 3 };
 static weft_chan *wave_gate, *wave_done;
 static atomic_llong wave_sum;
 
