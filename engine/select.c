@@ -139,12 +139,15 @@ static int check_cases(weft_case *cases, int n) {
 static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int *order, sel *s) {
     int *pollorder = order, *lockorder = order + n;
     /* Random poll order over the cases that have a channel (inside-out
-     * Fisher-Yates). */
+     * Fisher-Yates), drawn from one processor random number stretched by a
+     * local LCG (its high bits, scaled by multiply and shift). */
+    uint64_t x = weft_fastrand();
     int m = 0;
     for (int i = 0; i < n; i++) {
         if (!cases[i].ch)
             continue;
-        int j = (int)weft_fastrandn((uint32_t)(m + 1));
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int j = (int)(((x >> 32) * (uint64_t)(m + 1)) >> 32);
         pollorder[m] = pollorder[j];
         pollorder[j] = i;
         lockorder[m] = i;
