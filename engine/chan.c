@@ -35,9 +35,8 @@
  * end, which spills into the second; what only the creator writes (cap,
  * buf, timer) starts the third, so that no operation takes it away from
  * the other side's cache. The struct and the buffer are allocated aligned
- * to the line. A
- * buffered send prefetches the slot the next send fills (prefetch.h): the
- * receiver's core touched it last.
+ * to the line. A buffered send prefetches the slot the next send fills
+ * (prefetch.h): the receiver's core touched it last.
  *
  * Waking: a waker unlinks the waiter under c->lock, writes the value and
  * `success` into it, and calls weft_ready() after unlocking; a select waiter
@@ -66,7 +65,7 @@ struct weft_chan {
     atomic_int refs;
     _Atomic size_t count; /* written under lock; read lock-free by len() */
     /* Waiters queued in recvq and sendq: written under lock, read lock-free
-     * by weft_chan_case_idle. */
+     * by the non-blocking forms and select's first pass. */
     atomic_int nrecvw, nsendw;
     size_t sendx, recvx;
     weft_waitq recvq, sendq;
@@ -350,20 +349,6 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
     return 0;
 }
 
-/* Without the lock, a hint for select's first pass (select.c): 1 if case cs
- * looks unable to proceed on c (nothing to take, no room, no partner
- * waiting, not closed), 0 if it may proceed. The fields are read one by
- * one, so the answer may be stale by the time it is used: select only
- * passes over such cases to try the next one, and decides with the locks
- * held when none of them proceeds. */
-int weft_chan_case_idle(weft_chan *c, const weft_case *cs) {
-    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
-    int idle = cs->dir == DIR_RECV
-                   ? count == 0 && atomic_load_explicit(&c->nsendw, memory_order_relaxed) == 0
-                   : count >= c->cap && atomic_load_explicit(&c->nrecvw, memory_order_relaxed) == 0;
-    return idle && !atomic_load_explicit(&c->closed, memory_order_relaxed);
-}
-
 /* Queues w on c for direction dir (lock held). */
 void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w) {
     w->dir = dir;
@@ -538,10 +523,10 @@ int weft_chan_recv_finish(weft_val *out) {
  * then unlinks the waiters, and a reader that sees a waiter count the close
  * lowered must also see `closed` set (on arm64 two plain stores may become
  * visible in either order); likewise a count lowered by a receive after a
- * close. Only
- * a waiter that the lock would show to be a finished select's leftover
- * sends them to the lock. A blocking Lua send or receive starts with these,
- * so it locks once (to queue its waiter), not twice. */
+ * close. Only a waiter that the lock would show to be a finished select's
+ * leftover sends them to the lock. A blocking Lua send or receive starts
+ * with these, so it locks once (to queue its waiter), not twice; select's
+ * first pass uses them too (weft_chan_case_idle). */
 static bool looks_full(weft_chan *c) {
     size_t count = atomic_load_explicit(&c->count, memory_order_acquire);
     if (c->cap == 0)
@@ -556,11 +541,25 @@ static bool looks_empty(weft_chan *c) {
     return count == 0; /* no sender is queued while count < cap */
 }
 
+/* Whether an operation in direction dir cannot proceed on c now, read
+ * without the lock as above. */
+static bool looks_blocked(weft_chan *c, int dir) {
+    return (dir == DIR_RECV ? looks_empty(c) : looks_full(c)) &&
+           !atomic_load_explicit(&c->closed, memory_order_relaxed);
+}
+
+/* For select's first pass (select.c): 1 if case cs looks unable to proceed,
+ * 0 if it may. Select only passes over such cases to try the next one, and
+ * decides with every lock held when none of them proceeds. */
+int weft_chan_case_idle(weft_chan *c, const weft_case *cs) {
+    return looks_blocked(c, cs->dir);
+}
+
 int weft_chan_trysend(weft_chan *c, weft_val v) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
-    if (looks_full(c) && !atomic_load_explicit(&c->closed, memory_order_relaxed))
+    if (looks_blocked(c, DIR_SEND))
         return WEFT_EAGAIN;
     weft_mutex_lock(&c->lock);
     int rc = send_locked(c, &v);
@@ -573,7 +572,7 @@ int weft_chan_tryrecv(weft_chan *c, weft_val *out) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
-    if (looks_empty(c) && !atomic_load_explicit(&c->closed, memory_order_relaxed))
+    if (looks_blocked(c, DIR_RECV))
         return WEFT_EAGAIN;
     weft_mutex_lock(&c->lock);
     int rc = recv_locked(c, out);
