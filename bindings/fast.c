@@ -20,7 +20,9 @@
  * is parked) or completes at once (the result is kept in the hostg and the
  * goroutine resumed at once). Resumed, Lua calls the matching *_finish for
  * the result. So a blocked operation costs one yield and no check of
- * whether Lua may yield.
+ * whether Lua may yield. A select's finish may answer SEL_BLOCK once more:
+ * the goroutine was woken to select anew (chan.c), and Lua yields again
+ * with the cases still held.
  *
  * Ownership of send values: the first call takes the value out of the
  * caller's buffer (which Lua may reuse at once, even from a finalizer run
@@ -195,6 +197,10 @@ int weft_lua_recv_finish(weft_val *out) {
 int weft_lua_select_finish(weft_case *res) {
     hostg *h = weft_hostg_self();
     int i = op_finish(h) ? h->oprc : weft_select_finish(h->cases, h->ncases);
+    if (i == WEFT_EAGAIN) { /* woken to select again (chan.c): the cases stay held */
+        op_block(h, WEFT_HOSTOP_SELECT, NULL);
+        return SEL_BLOCK;
+    }
     weft_hostg_select_done(h, i, res);
     return i;
 }

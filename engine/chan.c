@@ -1,47 +1,70 @@
 /*
  * chan.c — channels.
  *
- * A channel is a lock, an optional ring buffer of weft_val slots, and two
- * FIFO queues of waiter records (goroutines blocked sending / receiving).
+ * A channel is a lock, two FIFO queues of waiter records (goroutines
+ * blocked sending / receiving) and, when buffered, a ring of slots that
+ * senders and receivers fill and empty without the lock (ring.h). An
+ * unbuffered channel does everything under its lock; a buffered one takes
+ * the lock only to park, to wake, and to close.
  *
- * Invariants (all under c->lock)
- *  - At most one of sendq and recvq holds waiters that can still be woken:
- *    a sender only queues when no receiver is waiting and the buffer is full,
- *    and a receiver only when no sender is waiting and the buffer is empty.
- *    (Select waiters whose goroutine was already claimed by another case may
- *    linger in either queue; dequeue skips them.)
- *  - count > 0 implies recvq has no live waiter; count < cap implies sendq
- *    has no live waiter (an unbuffered channel has count == cap == 0).
- *  - Once closed, a channel is never reopened, and no waiter is queued on it
- *    (close wakes all of them; send and recv check closed first).
- *  - FIFO: buffered values leave in the order they entered; a receive from a
- *    full buffer takes the head and moves the first blocked sender's value to
- *    the tail, so order is kept across blocked senders too.
+ * Invariants (under c->lock unless said)
+ *  - Unbuffered: at most one of sendq and recvq holds waiters that can still
+ *    be woken (a sender queues only when no receiver waits, and the other
+ *    way round); a value passes from hand to hand under the lock.
+ *  - Buffered: every value passes through the ring, in order, and a waker
+ *    moves it between the ring and a waiter (feed). A receiver queues only
+ *    after finding the ring without a value, a sender only after finding
+ *    it without a free slot.
+ *  - No parked waiter is forgotten (the handshake): a goroutine about to
+ *    park first counts itself in nrecvw / nsendw (announce), then a
+ *    seq_cst fence, then tries the ring once more (waiting out a slot that
+ *    another has reserved but not committed), and parks only if that
+ *    fails. Whoever fills (empties) a slot without the lock reserves it
+ *    with a seq_cst CAS, then reads nrecvw (nsendw), then commits, and if
+ *    the count was not zero takes the lock to feed the waiters. Either the
+ *    parker's retry sees the reservation (and waits for the commit), or
+ *    the other side sees the count.
+ *  - Under the lock, ring operations wait out reserved slots, so a feeder
+ *    that finds the ring unable to serve a plain waiter leaves it queued:
+ *    whoever reserves the next slot sees the count. A select
+ *    waiter must be won (CAS on selectdone) before the ring is tried; if
+ *    the ring then fails it, it is woken with `retry` and runs its select
+ *    again (select.c), as it could otherwise wait on a case it no longer
+ *    owns while another case was ready.
+ *  - The lock-free forms stay off the ring while the same side has waiters
+ *    (nsendw for senders, nrecvw for receivers), so that queued goroutines
+ *    are served first. A stale read, or a slow path's first try under the
+ *    lock (which does not look at the queues), may overtake a queued
+ *    goroutine in the moment before its feed: that costs fairness, never a
+ *    value or one sender's order.
+ *  - Once closed, a channel is never reopened. Close sets `closed` and the
+ *    ring's CLOSED bit (no sender reserves a slot after it), hands the
+ *    values left to queued receivers, and wakes every other waiter: a
+ *    receiver is told closed only when the ring has no value left.
+ *  - Lifetime: a lock-free commit may be the last moment the channel is
+ *    known to live (the other side may take the value and drop the last
+ *    reference at once), so nothing touches the channel after it unless
+ *    the committer took a reference first; a buffered channel's slow
+ *    paths hold one over their critical section for the same reason.
  *  - A value (weft_val) is moved, never duplicated: on every path it ends in
- *    exactly one of the buffer, a waiter's val, or the caller's hands.
- *  - count, nrecvw and nsendw (the waiters in recvq and sendq, live or not)
- *    and closed are written under c->lock and also read without it, as
- *    hints, one field at a time: by the non-blocking forms, which fail
- *    without locking when the operation cannot proceed on an open channel
- *    (looks_full, looks_empty: closed is read last, and a closed channel
- *    always takes the lock), and by select's first pass
- *    (weft_chan_case_idle). A failing non-blocking form takes effect at
- *    the moment it read the hints, when they held together (as Go's do);
- *    everything else that decides is done under the lock, so a stale hint
- *    costs time, not a wrong result.
+ *    exactly one of the ring, a waiter's val, or the caller's hands.
+ *  - nrecvw, nsendw (waiters queued or announced) and closed are written
+ *    under the lock and read without it as hints, by the lock-free forms
+ *    and by select's first pass (weft_chan_try_case). A failing
+ *    non-blocking form takes effect at the moment it read them (as Go's
+ *    do); what decides is a ring operation or done under the lock.
  *
- * Layout: what every operation writes (lock, counts, indices, the waiter
- * queues) comes first, in the first cache line but for the send queue's
- * end, which spills into the second; what only the creator writes (cap,
- * buf, timer) starts the third, so that no operation takes it away from
- * the other side's cache. The struct and the buffer are allocated aligned
- * to the line. A buffered send prefetches the slot the next send fills
- * (prefetch.h): the receiver's core touched it last.
+ * Layout: the ring's send index and receive index each own a cache line
+ * (ring.h); the lock, the queues and the counts share one, which the
+ * lock-free paths only read; what only the creator writes (cap, slots,
+ * timer) has its own.
  *
  * Waking: a waker unlinks the waiter under c->lock, writes the value and
- * `success` into it, and calls weft_ready() after unlocking; a select waiter
- * must first be claimed with a CAS on its goroutine's selectdone (the first
- * claimer wins and writes g->param; losers are skipped).
+ * `success` into it, and calls weft_ready() after unlocking (or, on the
+ * rare path where a sender parks right after feeding others, before). A
+ * select waiter must first be claimed with a CAS on its goroutine's
+ * selectdone (the first claimer wins and writes g->param; losers are
+ * skipped).
  *
  * Parking: a blocking operation queues its waiter while holding c->lock and
  * parks with c->lock as the unlock function, so the lock is released only
@@ -53,28 +76,29 @@
  */
 #include "core.h"
 #include "prefetch.h"
+#include "ring.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 struct weft_chan {
-    /* What every operation writes first (see Layout above), the fields that
-     * only the creator writes from a cache line of their own. */
+    /* The slow paths' state: written under the lock, read by the lock-free
+     * paths (the counts, closed) as hints. */
     weft_mutex lock;
     atomic_int closed;
     atomic_int refs;
-    _Atomic size_t count; /* written under lock; read lock-free by len() */
-    /* Waiters queued in recvq and sendq: written under lock, read lock-free
-     * by the non-blocking forms and select's first pass. */
+    /* Waiters queued in (or announced to) recvq and sendq. */
     atomic_int nrecvw, nsendw;
-    size_t sendx, recvx;
     weft_waitq recvq, sendq;
-    _Alignas(WEFT_CACHE_LINE) size_t cap;
-    weft_val *buf;
     struct weft_timer *timer; /* an after-channel's timer (strong) */
+    weft_ring r;              /* r.cap == 0: unbuffered, no slots */
 };
 
 enum { DIR_RECV = WEFT_CASE_RECV, DIR_SEND = WEFT_CASE_SEND };
+
+static bool buffered(const weft_chan *c) {
+    return c->r.cap != 0;
+}
 
 /* ---- waiter queues --------------------------------------------------------- */
 
@@ -85,11 +109,21 @@ static atomic_int *waitq_count(weft_chan *c, const weft_waitq *q) {
     return q == &c->recvq ? &c->nrecvw : &c->nsendw;
 }
 
-static void waitq_enqueue(weft_chan *c, weft_waitq *q, weft_waiter *w) {
+static weft_waitq *queue_of(weft_chan *c, int dir) {
+    return dir == DIR_SEND ? &c->sendq : &c->recvq;
+}
+
+/* Adds k (+1 or -1) to the waiters counted for direction dir (lock held).
+ * Stored with release: see looks_full. */
+static void announce(weft_chan *c, int dir, int k) {
+    atomic_int *n = waitq_count(c, queue_of(c, dir));
+    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + k,
+                          memory_order_release);
+}
+
+/* Queues a waiter already counted by announce. */
+static void waitq_push_counted(weft_chan *c, weft_waitq *q, weft_waiter *w) {
     atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-    atomic_int *n = waitq_count(c, q);
-    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
-                          memory_order_release); /* see looks_full */
     w->c = c;
     weft_waitq_push(q, w);
 }
@@ -103,27 +137,28 @@ static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
     weft_waitq_remove(q, w);
 }
 
-/* The first waiter that can still be woken, unlinked. A select waiter must
- * win its goroutine first; one that loses stays with its select, which
- * cleans up after itself (it is unlinked here all the same). */
+/* Wins w for its waker: always for a plain waiter; for a select waiter, the
+ * CAS on its goroutine's selectdone (the loser's waiters are skipped). */
+static bool claim(weft_waiter *w) {
+    if (!w->is_select)
+        return true;
+    int zero = 0;
+    if (!atomic_compare_exchange_strong(&w->g->selectdone, &zero, 1))
+        return false;
+    w->g->param = w;
+    return true;
+}
+
+/* The first waiter that can still be woken, unlinked and won. */
 static weft_waiter *waitq_dequeue(weft_waitq *q) {
     for (;;) {
         weft_waiter *w = q->first;
         if (!w)
             return NULL;
         waitq_unlink(q, w);
-        if (w->is_select) {
-            int zero = 0;
-            if (!atomic_compare_exchange_strong(&w->g->selectdone, &zero, 1))
-                continue;
-            w->g->param = w;
-        }
-        return w;
+        if (claim(w))
+            return w;
     }
-}
-
-static weft_waitq *queue_of(weft_chan *c, int dir) {
-    return dir == DIR_SEND ? &c->sendq : &c->recvq;
 }
 
 weft_waiter *weft_waitq_dequeue_for(weft_chan *c, int dir) {
@@ -140,6 +175,134 @@ void weft_chan_unlock(weft_chan *c) {
 
 static void unlock_cb(void *c) {
     weft_mutex_unlock(&((weft_chan *)c)->lock);
+}
+
+/* Readies a list of waiters linked through next (after the locks). */
+void weft_chan_wake(weft_waiter *list) {
+    while (list) {
+        weft_waiter *w = list;
+        list = w->next;
+        w->next = NULL;
+        weft_ready(w->g, w->success);
+    }
+}
+
+static weft_waiter *wake_push(weft_waiter *list, weft_waiter *w) {
+    w->next = list;
+    return w;
+}
+
+/* ---- feeding waiters from the ring (buffered; lock held) ----------------------
+ * See the handshake in the invariants. feed serves both queues from their
+ * heads while the ring can: a value given to
+ * a receiver frees a slot for a queued sender, and a sender's value pushed
+ * may be one for a queued receiver, so it goes round until nothing moves.
+ * Returns the waiters to ready, added to list. */
+
+/* One waiter of queue q served, or false: a plain waiter the ring cannot
+ * serve stays queued; a select waiter is won first, then woken either way
+ * (with retry if the ring failed it). */
+static bool feed_one(weft_chan *c, weft_waitq *q, weft_waiter **list) {
+    weft_waiter *w = q->first;
+    bool recv = q == &c->recvq;
+    if (w->is_select) {
+        waitq_unlink(q, w);
+        if (!claim(w))
+            return true; /* a leftover: skipped */
+    }
+    int rc = recv ? weft_ring_pop(&c->r, &w->val) : weft_ring_push(&c->r, &w->val);
+    if (rc != WEFT_RING_OK) {
+        if (!w->is_select)
+            return false;
+        if (recv)
+            memset(&w->val, 0, sizeof w->val);
+        w->retry = true; /* a sender's value stays with its case */
+        *list = wake_push(*list, w);
+        return false;
+    }
+    if (!w->is_select)
+        waitq_unlink(q, w);
+    if (!recv)
+        memset(&w->val, 0, sizeof w->val);
+    w->success = true;
+    *list = wake_push(*list, w);
+    return true;
+}
+
+static weft_waiter *feed(weft_chan *c, weft_waiter *list) {
+    for (;;) {
+        bool moved = false;
+        while (c->recvq.first && feed_one(c, &c->recvq, &list))
+            moved = true;
+        while (c->sendq.first && feed_one(c, &c->sendq, &list))
+            moved = true;
+        if (!moved)
+            return list;
+    }
+}
+
+/* The lock-free forms (buffered): WEFT_OK / 1, WEFT_ECLOSED (send), or
+ * WEFT_EAGAIN when the ring cannot serve now or waiters of the same side
+ * come first; then the caller decides with the lock, or fails.
+ *
+ * An operation takes effect when it reserves: a slot reserved by the other
+ * side but not yet committed (BUSY) is waited out, a few instructions, so
+ * that len, the non-blocking forms and the blocking ones agree.
+ *
+ * The handshake's other half, in this order: reserve the slot (a seq_cst
+ * CAS), read the other side's waiter count, commit. The count is read
+ * before the commit because the commit may be the last moment the channel
+ * is known to live: a receiver may take the value (or a sender the slot)
+ * at once and drop the last reference, as Go's collector never would. So a
+ * waker that saw waiters takes a reference before it commits, unless the
+ * caller keeps the channel alive by other means (`pinned`: timer.c, whose
+ * deliveries hold the timer's lock, which the channel's release waits for,
+ * so that a reference dropped there could deadlock). */
+static void feed_after_commit(weft_chan *c, bool pinned) {
+    weft_mutex_lock(&c->lock);
+    weft_waiter *wake = feed(c, NULL);
+    weft_mutex_unlock(&c->lock);
+    weft_chan_wake(wake);
+    if (!pinned)
+        weft_chan_release(c);
+}
+
+static int send_fast(weft_chan *c, weft_val *v, bool pinned) {
+    if (atomic_load_explicit(&c->nsendw, memory_order_relaxed) != 0)
+        return WEFT_EAGAIN;
+    uint64_t pos;
+    weft_ring_slot *s;
+    int rc, spin = 0;
+    while ((rc = weft_ring_reserve_send(&c->r, &pos, &s)) == WEFT_RING_BUSY)
+        weft_ring_backoff(&spin); /* the slot is as good as free */
+    if (rc != WEFT_RING_OK)
+        return rc == WEFT_RING_SHUT ? WEFT_ECLOSED : WEFT_EAGAIN;
+    bool waiters = atomic_load_explicit(&c->nrecvw, memory_order_seq_cst) != 0;
+    if (waiters && !pinned)
+        weft_chan_retain(c);
+    weft_ring_commit_send(s, pos, v);
+    if (waiters)
+        feed_after_commit(c, pinned);
+    return WEFT_OK;
+}
+
+static int recv_fast(weft_chan *c, weft_val *out, bool pinned) {
+    if (atomic_load_explicit(&c->nrecvw, memory_order_relaxed) != 0)
+        return WEFT_EAGAIN;
+    uint64_t pos;
+    weft_ring_slot *s;
+    int rc, spin = 0;
+    while ((rc = weft_ring_reserve_recv(&c->r, &pos, &s)) == WEFT_RING_BUSY)
+        weft_ring_backoff(&spin); /* the value is as good as there */
+    if (rc != WEFT_RING_OK)
+        return WEFT_EAGAIN;
+    bool waiters = atomic_load_explicit(&c->nsendw, memory_order_seq_cst) != 0;
+    if (waiters && !pinned)
+        weft_chan_retain(c);
+    weft_ring_commit_recv(&c->r, s, pos, out);
+    if (waiters)
+        feed_after_commit(c, pinned);
+    return 1;
 }
 
 /* ---- values the engine drops ------------------------------------------------- */
@@ -171,20 +334,25 @@ weft_chan *weft_chan_new(size_t cap) {
         return NULL;
     memset(c, 0, sizeof *c);
     if (cap) {
-        size_t bytes = cap * sizeof *c->buf;
-        c->buf = aligned_alloc(WEFT_CACHE_LINE,
-                               (bytes + WEFT_CACHE_LINE - 1) & ~(size_t)(WEFT_CACHE_LINE - 1));
-        if (!c->buf) {
+        size_t bytes = cap * sizeof *c->r.slots;
+        c->r.slots = aligned_alloc(WEFT_CACHE_LINE,
+                                   (bytes + WEFT_CACHE_LINE - 1) & ~(size_t)(WEFT_CACHE_LINE - 1));
+        if (!c->r.slots) {
             free(c);
             return NULL;
         }
-        memset(c->buf, 0, bytes);
+        memset(c->r.slots, 0, bytes);
+        for (size_t i = 0; i < cap; i++)
+            atomic_init(&c->r.slots[i].seq, 2 * (uint64_t)i);
+        c->r.pow2 = (cap & (cap - 1)) == 0;
+        c->r.mask = cap - 1;
     }
+    c->r.cap = cap;
+    atomic_init(&c->r.sendx, 0);
+    atomic_init(&c->r.recvx, 0);
     weft_mutex_init(&c->lock);
     atomic_init(&c->refs, 1);
     atomic_init(&c->closed, 0);
-    atomic_init(&c->count, 0);
-    c->cap = cap;
     return c;
 }
 
@@ -199,10 +367,14 @@ void weft_chan_release(weft_chan *c) {
         return;
     if (c->timer)
         weft_timer_detach(c->timer); /* waits out a firing that may be sending to c */
-    size_t n = atomic_load_explicit(&c->count, memory_order_relaxed);
-    for (size_t i = 0; i < n; i++)
-        weft_val_dispose(&c->buf[(c->recvx + i) % c->cap]);
-    free(c->buf);
+    if (buffered(c)) {
+        /* No operation is under way (they hold references): every position
+         * between the indices holds a published value. */
+        uint64_t end = atomic_load_explicit(&c->r.sendx, memory_order_relaxed) & ~WEFT_RING_CLOSED;
+        for (uint64_t pos = atomic_load_explicit(&c->r.recvx, memory_order_relaxed); pos < end; pos++)
+            weft_val_dispose(&weft_ring_slot_at(&c->r, pos)->val);
+    }
+    free(c->r.slots);
     free(c);
 }
 
@@ -220,11 +392,24 @@ static void count_op(void) {
         weft_stat_inc(&p->st_chanops);
 }
 
+/* Buffered send, lock held: pushes (waking receivers it fed), or returns
+ * WEFT_EAGAIN with the lock still held and the ring full. */
+static int bsend_locked(weft_chan *c, weft_val *v) {
+    if (weft_ring_push(&c->r, v) != WEFT_RING_OK)
+        return WEFT_EAGAIN;
+    weft_waiter *wake = feed(c, NULL);
+    weft_mutex_unlock(&c->lock);
+    weft_chan_wake(wake);
+    return WEFT_OK;
+}
+
 static int send_locked(weft_chan *c, weft_val *v) {
     if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
         weft_mutex_unlock(&c->lock);
         return WEFT_ECLOSED;
     }
+    if (buffered(c))
+        return bsend_locked(c, v);
     weft_waiter *w = waitq_dequeue(&c->recvq);
     if (w) {
         w->val = *v;
@@ -233,49 +418,30 @@ static int send_locked(weft_chan *c, weft_val *v) {
         weft_ready(w->g, true);
         return WEFT_OK;
     }
-    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
-    if (count < c->cap) {
-        c->buf[c->sendx] = *v;
-        if (++c->sendx == c->cap)
-            c->sendx = 0;
-        weft_prefetch_w(&c->buf[c->sendx]); /* the next send's slot */
-        atomic_store_explicit(&c->count, count + 1, memory_order_release);
-        weft_mutex_unlock(&c->lock);
-        return WEFT_OK;
-    }
     return WEFT_EAGAIN;
 }
 
 /* 1 with *out, 0 closed (out zeroed), or WEFT_EAGAIN with the lock held. */
 static int recv_locked(weft_chan *c, weft_val *out) {
-    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
-    weft_waiter *w = waitq_dequeue(&c->sendq);
-    if (w) {
-        if (c->cap == 0) {
-            *out = w->val;
-        } else {
-            /* Buffer full: take its head, the sender's value goes to the tail. */
-            *out = c->buf[c->recvx];
-            c->buf[c->recvx] = w->val;
-            if (++c->recvx == c->cap)
-                c->recvx = 0;
-            c->sendx = c->recvx;
+    if (buffered(c)) {
+        if (weft_ring_pop(&c->r, out) == WEFT_RING_OK) {
+            weft_waiter *wake = feed(c, NULL);
+            weft_mutex_unlock(&c->lock);
+            weft_chan_wake(wake);
+            return 1;
         }
-        memset(&w->val, 0, sizeof w->val);
-        w->success = true;
-        weft_mutex_unlock(&c->lock);
-        weft_ready(w->g, true);
-        return 1;
+    } else {
+        weft_waiter *w = waitq_dequeue(&c->sendq);
+        if (w) {
+            *out = w->val;
+            memset(&w->val, 0, sizeof w->val);
+            w->success = true;
+            weft_mutex_unlock(&c->lock);
+            weft_ready(w->g, true);
+            return 1;
+        }
     }
-    if (count > 0) {
-        *out = c->buf[c->recvx];
-        memset(&c->buf[c->recvx], 0, sizeof *out);
-        if (++c->recvx == c->cap)
-            c->recvx = 0;
-        atomic_store_explicit(&c->count, count - 1, memory_order_release);
-        weft_mutex_unlock(&c->lock);
-        return 1;
-    }
+    /* closed, and no value left (pop waits out a value reserved before) */
     if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
         weft_mutex_unlock(&c->lock);
         memset(out, 0, sizeof *out);
@@ -285,74 +451,92 @@ static int recv_locked(weft_chan *c, weft_val *out) {
 }
 
 /* Exported for select.c: one attempt at a case, lock held by the caller
- * (and not released). Returns 1 if the case proceeded; *wake is a waiter
- * whose goroutine must be readied once the locks are dropped. */
+ * (and not released). Returns 1 if the case proceeded; *wake is a list of
+ * waiters to ready once the locks are dropped (weft_chan_wake). */
 int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
     *wake = NULL;
-    size_t count = atomic_load_explicit(&c->count, memory_order_relaxed);
+    bool closed = atomic_load_explicit(&c->closed, memory_order_relaxed);
     if (cs->dir == DIR_RECV) {
-        weft_waiter *w = waitq_dequeue(&c->sendq);
-        if (w) {
-            if (c->cap == 0) {
-                cs->val = w->val;
-            } else {
-                cs->val = c->buf[c->recvx];
-                c->buf[c->recvx] = w->val;
-                if (++c->recvx == c->cap)
-                    c->recvx = 0;
-                c->sendx = c->recvx;
+        if (buffered(c)) {
+            if (weft_ring_pop(&c->r, &cs->val) == WEFT_RING_OK) {
+                *wake = feed(c, NULL);
+                cs->ok = 1;
+                return 1;
             }
-            memset(&w->val, 0, sizeof w->val);
-            w->success = true;
-            *wake = w;
-            cs->ok = 1;
-            return 1;
+        } else {
+            weft_waiter *w = waitq_dequeue(&c->sendq);
+            if (w) {
+                cs->val = w->val;
+                memset(&w->val, 0, sizeof w->val);
+                w->success = true;
+                *wake = wake_push(NULL, w);
+                cs->ok = 1;
+                return 1;
+            }
         }
-        if (count > 0) {
-            cs->val = c->buf[c->recvx];
-            memset(&c->buf[c->recvx], 0, sizeof cs->val);
-            if (++c->recvx == c->cap)
-                c->recvx = 0;
-            atomic_store_explicit(&c->count, count - 1, memory_order_release);
-            cs->ok = 1;
-            return 1;
-        }
-        if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+        if (closed) {
             memset(&cs->val, 0, sizeof cs->val);
             cs->ok = 0;
             return 1;
         }
         return 0;
     }
-    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+    if (closed) {
         cs->ok = 0;
         return 1;
     }
-    weft_waiter *w = waitq_dequeue(&c->recvq);
-    if (w) {
+    if (buffered(c)) {
+        if (weft_ring_push(&c->r, &cs->val) != WEFT_RING_OK)
+            return 0;
+        *wake = feed(c, NULL);
+    } else {
+        weft_waiter *w = waitq_dequeue(&c->recvq);
+        if (!w)
+            return 0;
         w->val = cs->val;
         w->success = true;
-        *wake = w;
-        memset(&cs->val, 0, sizeof cs->val);
-        cs->ok = 1;
-        return 1;
+        *wake = wake_push(NULL, w);
     }
-    if (count < c->cap) {
-        c->buf[c->sendx] = cs->val;
-        if (++c->sendx == c->cap)
-            c->sendx = 0;
-        atomic_store_explicit(&c->count, count + 1, memory_order_release);
-        memset(&cs->val, 0, sizeof cs->val);
-        cs->ok = 1;
-        return 1;
-    }
-    return 0;
+    memset(&cs->val, 0, sizeof cs->val);
+    cs->ok = 1;
+    return 1;
 }
 
-/* Queues w on c for direction dir (lock held). */
+static bool looks_blocked(weft_chan *c, int dir);
+
+/* For select's first pass: one attempt at a case, without the lock when a
+ * buffered channel's lock-free form proceeds or the case looks unable to
+ * proceed (looks_blocked), else with it. As weft_chan_try_case_locked. */
+int weft_chan_try_case(weft_chan *c, weft_case *cs, weft_waiter **wake) {
+    *wake = NULL;
+    if (buffered(c)) {
+        if (cs->dir == DIR_RECV ? recv_fast(c, &cs->val, false) == 1 : send_fast(c, &cs->val, false) == WEFT_OK) {
+            if (cs->dir == DIR_SEND)
+                memset(&cs->val, 0, sizeof cs->val);
+            cs->ok = 1;
+            return 1;
+        }
+    }
+    if (looks_blocked(c, cs->dir))
+        return 0;
+    weft_chan_retain(c); /* see send_prepare */
+    weft_mutex_lock(&c->lock);
+    int done = weft_chan_try_case_locked(c, cs, wake);
+    weft_mutex_unlock(&c->lock);
+    weft_chan_release(c);
+    return done;
+}
+
+/* Select's side of the handshake (lock held): counts a waiter about to be
+ * queued (k = +1) before its last try, or takes the count back (k = -1). */
+void weft_chan_announce_locked(weft_chan *c, int dir, int k) {
+    announce(c, dir, k);
+}
+
+/* Queues w on c for direction dir (lock held), already announced. */
 void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w) {
     w->dir = dir;
-    waitq_enqueue(c, queue_of(c, dir), w);
+    waitq_push_counted(c, queue_of(c, dir), w);
 }
 
 /* Unlinks w if it is still queued (lock held). */
@@ -389,8 +573,7 @@ static void waiter_init(weft_waiter *w, weft_g *g) {
 /* Both kinds of goroutine: completes at once (lock released), or queues g's
  * waiter and returns WEFT_PENDING with c->lock still held (g NULL: the
  * caller cannot wait, WEFT_ENOTG). */
-static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
-    count_op();
+static int send_slow(weft_chan *c, weft_val *v, weft_g *g) {
     weft_mutex_lock(&c->lock);
     int rc = send_locked(c, v);
     if (rc != WEFT_EAGAIN)
@@ -401,11 +584,43 @@ static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
     }
     weft_waiter *w = &g->w1;
     waiter_init(w, g);
+    announce(c, DIR_SEND, 1);
+    if (buffered(c)) {
+        /* Senders already queued get the free slots first (feed), then the
+         * handshake's last try. */
+        if (c->sendq.first)
+            weft_chan_wake(feed(c, NULL)); /* scheduler locks after this one */
+        weft_fence_sc();
+        if (!c->sendq.first && weft_ring_push(&c->r, v) == WEFT_RING_OK) {
+            announce(c, DIR_SEND, -1);
+            weft_waiter *wake = feed(c, NULL);
+            weft_mutex_unlock(&c->lock);
+            weft_chan_wake(wake);
+            return WEFT_OK;
+        }
+    }
     w->val = *v;
     weft_chan_enqueue_locked(c, DIR_SEND, w);
     g->waiting = w;
     g->nwaiting = 1;
     return WEFT_PENDING;
+}
+
+/* A buffered channel's slow paths hold a reference of their own: what they
+ * push or pop under the lock can be seen by the lock-free side at once, and
+ * the channel dropped before the unlock (see feed_after_commit). A queued
+ * waiter holds its own reference. */
+static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
+    count_op();
+    if (!buffered(c))
+        return send_slow(c, v, g);
+    int rc = send_fast(c, v, false);
+    if (rc != WEFT_EAGAIN)
+        return rc;
+    weft_chan_retain(c);
+    rc = send_slow(c, v, g);
+    weft_chan_release(c);
+    return rc;
 }
 
 static int send_result(weft_g *g, weft_val *v) {
@@ -417,8 +632,7 @@ static int send_result(weft_g *g, weft_val *v) {
     return WEFT_ECLOSED;
 }
 
-static int recv_prepare(weft_chan *c, weft_val *out, weft_g *g) {
-    count_op();
+static int recv_slow(weft_chan *c, weft_val *out, weft_g *g) {
     weft_mutex_lock(&c->lock);
     int rc = recv_locked(c, out);
     if (rc != WEFT_EAGAIN)
@@ -429,10 +643,33 @@ static int recv_prepare(weft_chan *c, weft_val *out, weft_g *g) {
     }
     weft_waiter *w = &g->w1;
     waiter_init(w, g);
+    announce(c, DIR_RECV, 1);
+    if (buffered(c)) {
+        weft_fence_sc(); /* the handshake's last try */
+        if (weft_ring_pop(&c->r, out) == WEFT_RING_OK) {
+            announce(c, DIR_RECV, -1);
+            weft_waiter *wake = feed(c, NULL);
+            weft_mutex_unlock(&c->lock);
+            weft_chan_wake(wake);
+            return 1;
+        }
+    }
     weft_chan_enqueue_locked(c, DIR_RECV, w);
     g->waiting = w;
     g->nwaiting = 1;
     return WEFT_PENDING;
+}
+
+static int recv_prepare(weft_chan *c, weft_val *out, weft_g *g) {
+    count_op();
+    if (!buffered(c))
+        return recv_slow(c, out, g);
+    if (recv_fast(c, out, false) == 1)
+        return 1;
+    weft_chan_retain(c);
+    int rc = recv_slow(c, out, g);
+    weft_chan_release(c);
+    return rc;
 }
 
 static int recv_result(weft_g *g, weft_val *out) {
@@ -513,32 +750,30 @@ int weft_chan_recv_finish(weft_val *out) {
     return recv_result(weft_g_self(), out);
 }
 
-/* The non-blocking forms first look without the lock, as Go's do: a send
- * to a full buffer (or, unbuffered, with no receiver queued) or a receive
- * from an empty one (no sender queued) on an open channel fails at once.
- * The emptiness or fullness is read first (acquire) and `closed` after it:
- * closed is never undone, so seeing it clear means that the channel was
- * open when the rest was read, and the operation could not proceed at that
- * moment. The counts are stored with release: a close sets `closed` and
- * then unlinks the waiters, and a reader that sees a waiter count the close
- * lowered must also see `closed` set (on arm64 two plain stores may become
- * visible in either order); likewise a count lowered by a receive after a
- * close. Only a waiter that the lock would show to be a finished select's
- * leftover sends them to the lock. A blocking Lua send or receive starts
- * with these, so it locks once (to queue its waiter), not twice; select's
- * first pass uses them too (weft_chan_case_idle). */
+/* The non-blocking forms: a buffered channel's lock-free form first; then
+ * both kinds look without the lock, as Go's do: a send to a full buffer
+ * (or, unbuffered, with no receiver queued) or a receive from an empty one
+ * (no sender queued) on an open channel fails at once. The emptiness or
+ * fullness is read first (acquire) and `closed` after it: closed is never
+ * undone, so seeing it clear means that the channel was open when the rest
+ * was read, and the operation could not proceed at that moment. The counts
+ * are stored with release: a close sets `closed` and then unlinks the
+ * waiters, and a reader that sees a waiter count the close lowered must
+ * also see `closed` set (on arm64 two plain stores may become visible in
+ * either order). Only a waiter that the lock would show to be a finished
+ * select's leftover sends them to the lock. A blocking Lua send or receive
+ * starts with these, so it locks only to queue its waiter; select's first
+ * pass uses them too (weft_chan_try_case). */
 static bool looks_full(weft_chan *c) {
-    size_t count = atomic_load_explicit(&c->count, memory_order_acquire);
-    if (c->cap == 0)
-        return atomic_load_explicit(&c->nrecvw, memory_order_acquire) == 0;
-    return count >= c->cap; /* no receiver is queued while count > 0 */
+    if (buffered(c))
+        return weft_ring_looks_full(&c->r);
+    return atomic_load_explicit(&c->nrecvw, memory_order_acquire) == 0;
 }
 
 static bool looks_empty(weft_chan *c) {
-    size_t count = atomic_load_explicit(&c->count, memory_order_acquire);
-    if (c->cap == 0)
-        return atomic_load_explicit(&c->nsendw, memory_order_acquire) == 0;
-    return count == 0; /* no sender is queued while count < cap */
+    if (buffered(c))
+        return weft_ring_looks_empty(&c->r);
+    return atomic_load_explicit(&c->nsendw, memory_order_acquire) == 0;
 }
 
 /* Whether an operation in direction dir cannot proceed on c now, read
@@ -548,37 +783,62 @@ static bool looks_blocked(weft_chan *c, int dir) {
            !atomic_load_explicit(&c->closed, memory_order_relaxed);
 }
 
-/* For select's first pass (select.c): 1 if case cs looks unable to proceed,
- * 0 if it may. Select only passes over such cases to try the next one, and
- * decides with every lock held when none of them proceeds. */
-int weft_chan_case_idle(weft_chan *c, const weft_case *cs) {
-    return looks_blocked(c, cs->dir);
-}
-
-int weft_chan_trysend(weft_chan *c, weft_val v) {
+static int trysend(weft_chan *c, weft_val *v, bool pinned) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
+    if (buffered(c)) {
+        int rc = send_fast(c, v, pinned);
+        if (rc != WEFT_EAGAIN)
+            return rc;
+    }
     if (looks_blocked(c, DIR_SEND))
         return WEFT_EAGAIN;
+    if (!pinned)
+        weft_chan_retain(c); /* see send_prepare */
     weft_mutex_lock(&c->lock);
-    int rc = send_locked(c, &v);
+    int rc = send_locked(c, v);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
+    if (!pinned)
+        weft_chan_release(c);
     return rc;
 }
 
-int weft_chan_tryrecv(weft_chan *c, weft_val *out) {
+static int tryrecv(weft_chan *c, weft_val *out, bool pinned) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
+    if (buffered(c) && recv_fast(c, out, pinned) == 1)
+        return 1;
     if (looks_blocked(c, DIR_RECV))
         return WEFT_EAGAIN;
+    if (!pinned)
+        weft_chan_retain(c); /* see send_prepare */
     weft_mutex_lock(&c->lock);
     int rc = recv_locked(c, out);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
+    if (!pinned)
+        weft_chan_release(c);
     return rc;
+}
+
+int weft_chan_trysend(weft_chan *c, weft_val v) {
+    return trysend(c, &v, false);
+}
+
+int weft_chan_tryrecv(weft_chan *c, weft_val *out) {
+    return tryrecv(c, out, false);
+}
+
+/* timer.c's deliveries and drains (see feed_after_commit). */
+int weft_chan_trysend_pinned(weft_chan *c, weft_val v) {
+    return trysend(c, &v, true);
+}
+
+int weft_chan_tryrecv_pinned(weft_chan *c, weft_val *out) {
+    return tryrecv(c, out, true);
 }
 
 int weft_chan_close(weft_chan *c) {
@@ -591,33 +851,32 @@ int weft_chan_close(weft_chan *c) {
     }
     atomic_store_explicit(&c->closed, 1, memory_order_relaxed);
     weft_waiter *wake = NULL, *w;
+    if (buffered(c)) {
+        /* No sender reserves a slot from here on; the values reserved
+         * before go to queued receivers first. */
+        atomic_fetch_or_explicit(&c->r.sendx, WEFT_RING_CLOSED, memory_order_relaxed);
+        wake = feed(c, NULL);
+    }
     while ((w = waitq_dequeue(&c->recvq))) {
         memset(&w->val, 0, sizeof w->val);
         w->success = false;
-        w->next = wake;
-        wake = w;
+        wake = wake_push(wake, w);
     }
     while ((w = waitq_dequeue(&c->sendq))) {
         w->success = false; /* the sender keeps its value */
-        w->next = wake;
-        wake = w;
+        wake = wake_push(wake, w);
     }
     weft_mutex_unlock(&c->lock);
-    while (wake) {
-        w = wake;
-        wake = w->next;
-        w->next = NULL;
-        weft_ready(w->g, false);
-    }
+    weft_chan_wake(wake);
     return WEFT_OK;
 }
 
 size_t weft_chan_len(weft_chan *c) {
-    return c ? atomic_load_explicit(&c->count, memory_order_relaxed) : 0;
+    return c && buffered(c) ? (size_t)weft_ring_len(&c->r) : 0;
 }
 
 size_t weft_chan_cap(weft_chan *c) {
-    return c ? c->cap : 0;
+    return c ? c->r.cap : 0;
 }
 
 int weft_chan_closed(weft_chan *c) {

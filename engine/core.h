@@ -62,6 +62,7 @@ struct weft_waiter {
     bool is_select;           /* must win g->selectdone before being woken */
     bool queued;              /* linked in c's queue (c->lock) */
     bool success;             /* set by the waker: communicated (true) or closed (false) */
+    bool retry;               /* select: won, but the buffer was taken meanwhile: select again */
 };
 
 /* A FIFO of waiters, linked through next/prev (a channel's send or receive
@@ -305,7 +306,7 @@ int weft_chan_recv_start(weft_chan *c, weft_val *out); /* 1, 0, PENDING */
 int weft_chan_recv_finish(weft_val *out);              /* 1, 0 */
 /* `cases` must stay as they are until weft_select_finish. */
 int weft_select_start(weft_case *cases, int n, int nonblock); /* index, -1, PENDING */
-int weft_select_finish(weft_case *cases, int n);              /* index */
+int weft_select_finish(weft_case *cases, int n);              /* index, or EAGAIN: start again */
 int weft_sleep_start(int64_t ns); /* PENDING, or OK when ns <= 0 (the host yields) */
 /* OK (taken at once), PENDING (parked with wait reason `reason`), EINVAL. */
 int weft_sema_acquire_start(weft_sema *s, int64_t k, const char *reason);

@@ -4,17 +4,20 @@
  * Protocol (after Go's selectgo)
  *  1. Poll order: a uniformly random permutation of the cases with a
  *     channel. Lock order: the same cases sorted by channel address.
- *  2. First pass, one channel at a time: walk the poll order, passing over
- *     the cases that look unable to proceed (weft_chan_case_idle, read
- *     without a lock), and try each other case with its own channel's lock
- *     alone; the first that proceeds is the select's, and its index is
- *     returned. Most selects with a ready case take one lock instead of
- *     all of them.
+ *  2. First pass, one channel at a time (weft_chan_try_case): walk the poll
+ *     order, passing over the cases that look unable to proceed (read
+ *     without a lock), and try each other case: a buffered channel's
+ *     lock-free form first, else with its own channel's lock alone. The
+ *     first that proceeds is the select's, and its index is returned. Most
+ *     selects with a ready case take one lock, or none, instead of all.
  *  2b. Otherwise lock every channel in lock order (a channel named by several
- *     cases is locked once). Walk the poll order; the first case that can
- *     proceed is performed, all locks are dropped, and its index returned.
- *     In both passes, among ready cases each is chosen with equal
- *     probability (the poll order is random), and only one runs.
+ *     cases is locked once). If the select will wait, count its waiters
+ *     on every channel first (announce, then a fence: chan.c's handshake
+ *     with the lock-free forms). Walk the poll order; the first case that
+ *     can proceed is performed, the counts taken back, all locks dropped,
+ *     and its index returned. In both passes, among ready cases each is
+ *     chosen with equal probability (the poll order is random), and only
+ *     one runs.
  *  3. None ready: with nonblock, unlock and return -1. Otherwise queue one
  *     waiter per case (in lock order) with is_select set, clear
  *     g->selectdone, and park; the unlock of all channels happens after the
@@ -24,10 +27,13 @@
  *     writes the value/`success` and g->param (the winning waiter), and
  *     readies the goroutine. Other wakers skip (and unlink) its waiters.
  *  5. Woken, the goroutine locks all channels again, unlinks its waiters that
- *     are still queued, unlocks, and reports the winning case.
+ *     are still queued, unlocks, and reports the winning case. If the waker
+ *     won it but found the buffer taken meanwhile (`retry`, chan.c), no case
+ *     was performed: it starts again from 1 (a hosted goroutine's finish
+ *     returns WEFT_EAGAIN and its host starts it again).
  *
  * Invariants: a select performs exactly one case (selectdone goes 0 -> 1 once
- * per wait); a case whose channel is NULL is never chosen; while parked, every
+ * per wait, and a retry performs none); a case whose channel is NULL is never chosen; while parked, every
  * waiter of the goroutine is either queued on its channel or was unlinked by
  * a waker under that channel's lock.
  *
@@ -35,13 +41,16 @@
  * all of them are released.
  */
 #include "core.h"
+#include "ring.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 /* chan.c */
 int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake);
-int weft_chan_case_idle(weft_chan *c, const weft_case *cs);
+int weft_chan_try_case(weft_chan *c, weft_case *cs, weft_waiter **wake);
+void weft_chan_wake(weft_waiter *list);
+void weft_chan_announce_locked(weft_chan *c, int dir, int k);
 void weft_chan_enqueue_locked(weft_chan *c, int dir, weft_waiter *w);
 void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w);
 
@@ -79,6 +88,21 @@ static void sel_unlock(const sel *s) {
 
 static void sel_unlock_cb(void *arg) {
     sel_unlock(arg);
+}
+
+/* A reference on each channel (hold) or its release, around the pass with
+ * every lock held: what it pushes or pops can be taken by a lock-free
+ * operation, and the channel dropped, before the unlock (chan.c). */
+static void sel_hold(const sel *s, bool hold) {
+    for (int k = 0; k < s->n; k++) {
+        weft_chan *c = sel_chan(s, k);
+        if (k > 0 && sel_chan(s, k - 1) == c)
+            continue;
+        if (hold)
+            weft_chan_retain(c);
+        else
+            weft_chan_release(c);
+    }
 }
 
 /* Heap sort of case indices by channel address (no recursion, O(n log n)). */
@@ -132,6 +156,11 @@ static int check_cases(weft_case *cases, int n) {
     return WEFT_OK;
 }
 
+static void unannounce(weft_case *cases, const int *lockorder, int m) {
+    for (int k = 0; k < m; k++)
+        weft_chan_announce_locked(cases[lockorder[k]].ch, cases[lockorder[k]].dir, -1);
+}
+
 /* Steps 1-3 of the protocol for goroutine g (NULL: cannot wait). Returns the
  * index performed, -1 (nonblock, none ready), a negative WEFT_E*, or
  * WEFT_PENDING with the waiters queued and every channel still locked.
@@ -158,17 +187,10 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
         weft_stat_inc(&p->st_chanops);
     for (int k = 0; k < m; k++) {
         int i = pollorder[k];
-        weft_chan *c = cases[i].ch;
-        if (weft_chan_case_idle(c, &cases[i]))
-            continue;
         weft_waiter *wake;
-        weft_chan_lock(c);
-        int done = weft_chan_try_case_locked(c, &cases[i], &wake);
-        weft_chan_unlock(c);
-        if (done) {
+        if (weft_chan_try_case(cases[i].ch, &cases[i], &wake)) {
             *s = (sel){cases, lockorder, NULL, 0};
-            if (wake)
-                weft_ready(wake->g, true);
+            weft_chan_wake(wake);
             return i;
         }
     }
@@ -178,23 +200,38 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
     if (m == 0)
         return nonblock ? -1 : WEFT_PENDING; /* no cases: blocks forever */
 
+    sel_hold(s, true);
     sel_lock(s);
+    /* About to wait: count the waiters first (chan.c's handshake), so that
+     * a buffered channel's lock-free side either is seen by the tries below
+     * or sees the counts and comes to the lock. */
+    bool wait = !nonblock && g;
+    if (wait) {
+        for (int k = 0; k < m; k++)
+            weft_chan_announce_locked(cases[lockorder[k]].ch, cases[lockorder[k]].dir, 1);
+        weft_fence_sc();
+    }
     for (int k = 0; k < m; k++) {
         int i = pollorder[k];
         weft_waiter *wake;
         if (weft_chan_try_case_locked(cases[i].ch, &cases[i], &wake)) {
+            if (wait)
+                unannounce(cases, lockorder, m);
             sel_unlock(s);
-            if (wake)
-                weft_ready(wake->g, true);
+            sel_hold(s, false);
+            weft_chan_wake(wake);
             return i;
         }
     }
-    if (nonblock || !g) {
+    if (!wait) {
         sel_unlock(s);
+        sel_hold(s, false);
         return nonblock ? -1 : WEFT_ENOTG;
     }
     if (ensure_wbuf(g, m) != 0) {
+        unannounce(cases, lockorder, m);
         sel_unlock(s);
+        sel_hold(s, false);
         return WEFT_ENOMEM;
     }
     atomic_store_explicit(&g->selectdone, 0, memory_order_relaxed);
@@ -212,6 +249,7 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
     }
     g->waiting = g->wbuf;
     g->nwaiting = m;
+    sel_hold(s, false); /* (locked: the queued waiters hold references) */
     return WEFT_PENDING;
 }
 
@@ -229,6 +267,8 @@ static int select_result(weft_g *g, weft_case *cases) {
     }
     sel_unlock(s);
     g->nwaiting = 0;
+    if (win->retry)
+        return WEFT_EAGAIN; /* the case was won but its buffer taken: again */
     int i = win->case_index;
     cases[i].ok = win->success ? 1 : 0;
     if (cases[i].dir == WEFT_CASE_RECV)
@@ -254,19 +294,21 @@ static int select_common(weft_case *cases, int n, int nonblock, bool hosted) {
     if (!order)
         return WEFT_ENOMEM;
     sel s;
-    rc = select_prepare(can_wait ? g : NULL, cases, n, nonblock, order, &s);
-    if (rc == WEFT_PENDING) {
-        if (hosted) {
-            weft_park_hosted(g, s.n ? "select" : "select (no cases)");
-            if (s.n)
-                sel_unlock(&s);
-        } else if (s.n == 0) {
-            weft_park_forever("select (no cases)");
-        } else {
-            weft_park("select", sel_unlock_cb, &s);
-            rc = select_result(g, cases);
+    do {
+        rc = select_prepare(can_wait ? g : NULL, cases, n, nonblock, order, &s);
+        if (rc == WEFT_PENDING) {
+            if (hosted) {
+                weft_park_hosted(g, s.n ? "select" : "select (no cases)");
+                if (s.n)
+                    sel_unlock(&s);
+            } else if (s.n == 0) {
+                weft_park_forever("select (no cases)");
+            } else {
+                weft_park("select", sel_unlock_cb, &s);
+                rc = select_result(g, cases);
+            }
         }
-    }
+    } while (rc == WEFT_EAGAIN && !hosted);
     if (order != small)
         free(order);
     return rc;

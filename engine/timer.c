@@ -38,8 +38,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* chan.c */
-int weft_chan_trysend(weft_chan *c, weft_val v);
+/* chan.c: the non-blocking forms, for a caller that keeps the channel alive
+ * itself (here: a delivery holds t->mu, which the channel's release waits
+ * for), so that they take no reference that could be the last. */
+int weft_chan_trysend_pinned(weft_chan *c, weft_val v);
+int weft_chan_tryrecv_pinned(weft_chan *c, weft_val *out);
 
 /* ---- the heap -------------------------------------------------------------- */
 
@@ -184,11 +187,11 @@ static void deliver(weft_timer *t, int64_t now) {
         case WEFT_TIMER_AFTER:
             t->armed = false;
             if (t->c)
-                weft_chan_trysend(t->c, weft_val_num((double)now / 1e9));
+                weft_chan_trysend_pinned(t->c, weft_val_num((double)now / 1e9));
             break;
         case WEFT_TIMER_TICKER: {
             if (t->c)
-                weft_chan_trysend(t->c, weft_val_num((double)now / 1e9)); /* full: tick dropped */
+                weft_chan_trysend_pinned(t->c, weft_val_num((double)now / 1e9)); /* full: tick dropped */
             int64_t next = t->when + t->period;
             if (next <= now)
                 next = now + t->period; /* behind: skip the missed ticks */
@@ -350,7 +353,7 @@ weft_chan *weft_timer_chan(weft_timer *t) {
 /* Drains a stale value from t's channel (t->mu held). */
 static void drain(weft_timer *t) {
     weft_val v;
-    if (t->c && weft_chan_tryrecv(t->c, &v) == 1)
+    if (t->c && weft_chan_tryrecv_pinned(t->c, &v) == 1)
         weft_val_dispose(&v);
 }
 

@@ -385,6 +385,24 @@ describe("select", function()
     assert.are.equal(1, i); assert.is_nil(v); assert.is_false(ok)
   end))
 
+  it("wakes a select parked on a buffered channel with a value, or with its close", async(function()
+    -- The waker wins the select before it looks at the buffer; a close finds
+    -- no value there, so the select runs again and reports the close.
+    local c, never, done = weft.chan(4), weft.chan(), weft.chan(2)
+    local function waiter()
+      done:send({ weft.select(weft.recv(c), weft.recv(never)) })
+    end
+    weft.go(waiter)
+    weft.yield()
+    c:send(42)
+    assert.are.same({ 1, 42, true }, done:recv())
+    weft.go(waiter)
+    weft.yield()
+    assert.are.equal(0, #done)
+    c:close()
+    assert.are.same({ 1, nil, false }, done:recv())
+  end))
+
   it("sends every kind of value and frees the cases not taken", async(function()
     local full, open = weft.chan(1), weft.chan(4)
     full:send(0)

@@ -588,9 +588,13 @@ local function select_with(sc, res, sv, rv, nested, n, ...)
       C.weft_lua_drop()
       return nil, "cannot block here: " .. block_context()
     end
-    block(3)
-    busy = true
-    return true, select_done(C.weft_lua_select_finish(res), res, rv, nested, ...)
+    repeat -- (SEL_BLOCK again: woken to select anew, the cases still held)
+      block(3)
+      busy = true
+      k = C.weft_lua_select_finish(res)
+      if k == SEL_BLOCK then busy = false end
+    until k ~= SEL_BLOCK
+    return true, select_done(k, res, rv, nested, ...)
   end
   if k == SEL_NOTG then
     free_cases(sc, m)

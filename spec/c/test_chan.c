@@ -4,6 +4,8 @@
  */
 #include "ctest.h"
 
+#include <pthread.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -405,6 +407,189 @@ static void test_try_loops(void) {
             ctest_run(2, tl_main, &caps[k]);
 }
 
+/* ---- every form at once on a buffered channel -----------------------------------
+ * Blocking, non-blocking and select senders and receivers on two processors,
+ * with a select that both sends to and receives from the channel, then a
+ * close: every value arrives exactly once, each sender's values in order, and
+ * len never exceeds cap. Capacities 1 (the smallest ring), 3 (not a power of
+ * two) and 64. */
+
+enum { RM_SENDERS = 5, RM_N = 20000, RM_RECEIVERS = 4 };
+static atomic_ullong rm_sum_sent, rm_sum_recv;
+static atomic_llong rm_sent, rm_recv;
+
+typedef struct rm_arg {
+    weft_chan *c, *never, *done;
+    int id; /* sender id, or receiver kind */
+} rm_arg;
+
+static void rm_got(rm_arg *a, int64_t *last, weft_val v) {
+    uint64_t x = (uint64_t)v.u.i;
+    int sender = (int)(x >> 32);
+    int64_t seq = (int64_t)(x & 0xffffffffu);
+    CHECKF(sender >= 0 && sender < RM_SENDERS, "value from sender %d", sender);
+    CHECKF(seq > last[sender], "sender %d: %lld after %lld", sender, (long long)seq,
+           (long long)last[sender]);
+    last[sender] = seq;
+    CHECK(weft_chan_len(a->c) <= weft_chan_cap(a->c));
+    atomic_fetch_add(&rm_sum_recv, ctest_mix(x));
+    atomic_fetch_add(&rm_recv, 1);
+}
+
+static void rm_sender(void *arg) {
+    rm_arg *a = arg;
+    int64_t last[RM_SENDERS]; /* the selecting sender's receives */
+    for (int i = 0; i < RM_SENDERS; i++)
+        last[i] = -1;
+    for (int i = 0; i < RM_N; i++) {
+        uint64_t x = ((uint64_t)a->id << 32) | (uint64_t)i;
+        weft_val v = weft_val_int((int64_t)x);
+        switch (a->id % 3) {
+        case 0:
+            CHECK_EQ(weft_chan_send(a->c, v), WEFT_OK);
+            break;
+        case 1:
+            while (weft_chan_trysend(a->c, v) == WEFT_EAGAIN)
+                weft_yield();
+            break;
+        default:
+            for (;;) { /* send, or take a value on the way */
+                weft_case cs[2] = {weft_case_send(a->c, v), weft_case_recv(a->c)};
+                int k = weft_select(cs, 2, 0);
+                CHECK(k == 0 || k == 1);
+                if (k == 0) {
+                    CHECK_EQ(cs[0].ok, 1);
+                    break;
+                }
+                CHECK_EQ(cs[1].ok, 1);
+                rm_got(a, last, cs[1].val);
+            }
+        }
+        atomic_fetch_add(&rm_sum_sent, ctest_mix(x));
+        atomic_fetch_add(&rm_sent, 1);
+    }
+    weft_chan_send(a->done, weft_val_int(1));
+}
+
+static void rm_receiver(void *arg) {
+    rm_arg *a = arg;
+    int64_t last[RM_SENDERS];
+    for (int i = 0; i < RM_SENDERS; i++)
+        last[i] = -1;
+    weft_val v;
+    for (;;) {
+        int rc;
+        if (a->id == 0) {
+            rc = weft_chan_recv(a->c, &v);
+        } else if (a->id == 1) {
+            while ((rc = weft_chan_tryrecv(a->c, &v)) == WEFT_EAGAIN)
+                weft_yield();
+        } else {
+            weft_case cs[2] = {weft_case_recv(a->never), weft_case_recv(a->c)};
+            CHECK_EQ(weft_select(cs, 2, 0), 1);
+            rc = cs[1].ok;
+            v = cs[1].val;
+        }
+        if (rc == 0)
+            break;
+        CHECK_EQ(rc, 1);
+        rm_got(a, last, v);
+    }
+    weft_chan_send(a->done, weft_val_int(2));
+}
+
+static void rm_main(void *arg) {
+    size_t cap = *(size_t *)arg;
+    atomic_store(&rm_sum_sent, 0);
+    atomic_store(&rm_sum_recv, 0);
+    atomic_store(&rm_sent, 0);
+    atomic_store(&rm_recv, 0);
+    weft_chan *c = weft_chan_new(cap), *never = weft_chan_new(0), *done = weft_chan_new(0);
+    rm_arg args[RM_SENDERS + RM_RECEIVERS];
+    for (int i = 0; i < RM_SENDERS + RM_RECEIVERS; i++) {
+        int send = i < RM_SENDERS;
+        args[i] = (rm_arg){c, never, done, send ? i : (i - RM_SENDERS) % 3};
+        weft_go(send ? rm_sender : rm_receiver, &args[i]);
+    }
+    weft_val v;
+    for (int i = 0; i < RM_SENDERS; i++)
+        CHECK_EQ(weft_chan_recv(done, &v), 1);
+    CHECK_EQ(weft_chan_close(c), WEFT_OK);
+    for (int i = 0; i < RM_RECEIVERS; i++)
+        CHECK_EQ(weft_chan_recv(done, &v), 1);
+    CHECK_EQ(atomic_load(&rm_sent), (long long)RM_SENDERS * RM_N);
+    CHECK_EQ(atomic_load(&rm_recv), (long long)RM_SENDERS * RM_N);
+    CHECK(atomic_load(&rm_sum_sent) == atomic_load(&rm_sum_recv));
+    CHECK_EQ(weft_chan_len(c), 0);
+    weft_chan_release(c);
+    weft_chan_release(never);
+    weft_chan_release(done);
+}
+
+static void test_ring_mixed(void) {
+    size_t caps[] = {1, 3, 64};
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t k = 0; k < 3; k++)
+            ctest_run(2, rm_main, &caps[k]);
+}
+
+/* ---- the non-blocking forms agree with len ---------------------------------------
+ * One sender and one receiver on a channel of 1, on two threads: when len
+ * says the buffer is empty, the only sender's try-send must succeed; when it
+ * says it holds a value, the only receiver's try-receive must. (A slot the
+ * other side has reserved but not finished with is waited out.) */
+
+enum { TA_N = 300000 };
+static weft_chan *ta_c;
+static atomic_long ta_bad_send, ta_bad_recv, ta_bad_order;
+
+static void *ta_sender(void *arg) {
+    (void)arg;
+    for (long i = 0; i < TA_N;) {
+        if (weft_chan_len(ta_c) != 0)
+            continue;
+        if (weft_chan_trysend(ta_c, weft_val_int(i)) == WEFT_OK)
+            i++;
+        else
+            atomic_fetch_add(&ta_bad_send, 1);
+    }
+    return NULL;
+}
+
+static void *ta_receiver(void *arg) {
+    (void)arg;
+    for (long next = 0; next < TA_N;) {
+        size_t len = weft_chan_len(ta_c);
+        weft_val v;
+        int rc = weft_chan_tryrecv(ta_c, &v);
+        if (rc == 1) {
+            if (v.u.i != next)
+                atomic_fetch_add(&ta_bad_order, 1);
+            next = v.u.i + 1;
+        } else if (len == 1) {
+            atomic_fetch_add(&ta_bad_recv, 1);
+        }
+    }
+    return NULL;
+}
+
+static void test_try_agrees_with_len(void) {
+    ta_c = weft_chan_new(1);
+    atomic_store(&ta_bad_send, 0);
+    atomic_store(&ta_bad_recv, 0);
+    atomic_store(&ta_bad_order, 0);
+    pthread_t s, r;
+    CHECK_EQ(pthread_create(&s, NULL, ta_sender, NULL), 0);
+    CHECK_EQ(pthread_create(&r, NULL, ta_receiver, NULL), 0);
+    pthread_join(s, NULL);
+    pthread_join(r, NULL);
+    CHECK_EQ(atomic_load(&ta_bad_send), 0);
+    CHECK_EQ(atomic_load(&ta_bad_recv), 0);
+    CHECK_EQ(atomic_load(&ta_bad_order), 0);
+    CHECK_EQ(weft_chan_len(ta_c), 0);
+    weft_chan_release(ta_c);
+}
+
 /* ---- nil channels ------------------------------------------------------------ */
 
 static void test_nil_channel(void) {
@@ -427,5 +612,7 @@ const ctest_case chan_tests[] = {
     {"nil_channel", test_nil_channel},
     {"try_forms", test_try_forms},
     {"try_loops", test_try_loops},
+    {"ring_mixed", test_ring_mixed},
+    {"try_agrees_with_len", test_try_agrees_with_len},
     {NULL, NULL},
 };

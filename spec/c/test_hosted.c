@@ -75,13 +75,15 @@ static int consumer_step(fake *f) {
             weft_timer_reset(f->timeout, 0.001);
             f->cs[0] = weft_case_recv(work);
             f->cs[1] = weft_case_recv(weft_timer_chan(f->timeout));
-            rc = weft_select_start(f->cs, 2, 0);
-            if (rc == WEFT_PENDING) {
-                f->pc = 1;
-                return WEFT_PARK_WAIT;
-            case 1:
-                rc = weft_select_finish(f->cs, 2);
-            }
+            do { /* EAGAIN: woken to select anew (chan.c) */
+                rc = weft_select_start(f->cs, 2, 0);
+                if (rc == WEFT_PENDING) {
+                    f->pc = 1;
+                    return WEFT_PARK_WAIT;
+                case 1:
+                    rc = weft_select_finish(f->cs, 2);
+                }
+            } while (rc == WEFT_EAGAIN);
             CHECK(rc == 0 || rc == 1);
             if (rc == 1)
                 continue; /* timed out */
