@@ -75,7 +75,6 @@
  * takes its timer's lock before freeing (timer.c).
  */
 #include "core.h"
-#include "prefetch.h"
 #include "ring.h"
 
 #include <stdlib.h>
