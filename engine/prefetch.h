@@ -3,12 +3,12 @@
  * p for writing, ahead of a store to it.
  *
  * Why. A value sent between processors is written by one core into memory
- * that the other core read last (a recycled pool block, a channel's buffer
- * slot). The store then waits for the line to come over, and the next
- * locked instruction (taking the channel's lock) waits for the store: two
- * line transfers in a row per message, each 45 to 200 ns on the 2-vCPU
- * machines of bench/RESULTS.md. Fetching the line for the next message
- * while this one is being made takes that wait off the sender's path.
+ * that the other core read last (a recycled pool block). The store then
+ * waits for the line to come over, and the next locked instruction (the
+ * CAS that claims a slot of the channel's ring) waits for the store: a
+ * line transfer per message, 45 to 200 ns on the 2-vCPU machines of
+ * bench/RESULTS.md. Fetching the line for the next message while this one
+ * is being made takes that wait off the sender's path.
  *
  * x86-64: PREFETCHW, used only where CPUID reports it (on CPUs without it
  * the opcode may fault); otherwise, and on other GCC/Clang targets,
