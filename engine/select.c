@@ -26,8 +26,10 @@
  *     it may complete a waiter of this goroutine: exactly one waker wins,
  *     writes the value/`success` and g->param (the winning waiter), and
  *     readies the goroutine. Other wakers skip (and unlink) its waiters.
- *  5. Woken, the goroutine locks all channels again, unlinks its waiters that
- *     are still queued, unlocks, and reports the winning case. If the waker
+ *  5. Woken, the goroutine locks its channels again (all but the winner's,
+ *     which may be freed by now unless another of its waiters is on it),
+ *     unlinks its waiters that are still queued, unlocks, and reports the
+ *     winning case. If the waker
  *     won it but found the buffer taken meanwhile (`retry`, chan.c), no case
  *     was performed: it starts again from 1 (a hosted goroutine's finish
  *     returns WEFT_EAGAIN and its host starts it again).
@@ -61,7 +63,8 @@ typedef struct sel {
     weft_case *cases;
     const int *lockorder;
     const weft_waiter *ws;
-    int n; /* cases with a channel */
+    int n;           /* cases with a channel */
+    weft_chan *skip; /* a channel not to lock (select_result) */
 } sel;
 
 static weft_chan *sel_chan(const sel *s, int k) {
@@ -72,7 +75,7 @@ static void sel_lock(const sel *s) {
     weft_chan *prev = NULL;
     for (int k = 0; k < s->n; k++) {
         weft_chan *c = sel_chan(s, k);
-        if (c != prev)
+        if (c != prev && c != s->skip)
             weft_chan_lock(c);
         prev = c;
     }
@@ -81,7 +84,7 @@ static void sel_lock(const sel *s) {
 static void sel_unlock(const sel *s) {
     for (int k = s->n - 1; k >= 0; k--) {
         weft_chan *c = sel_chan(s, k);
-        if (k == 0 || sel_chan(s, k - 1) != c)
+        if ((k == 0 || sel_chan(s, k - 1) != c) && c != s->skip)
             weft_chan_unlock(c);
     }
 }
@@ -189,14 +192,14 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
         int i = pollorder[k];
         weft_waiter *wake;
         if (weft_chan_try_case(cases[i].ch, &cases[i], &wake)) {
-            *s = (sel){cases, lockorder, NULL, 0};
+            *s = (sel){cases, lockorder, NULL, 0, NULL};
             weft_chan_wake(wake);
             return i;
         }
     }
 
     sort_by_chan(cases, lockorder, m);
-    *s = (sel){cases, lockorder, NULL, m};
+    *s = (sel){cases, lockorder, NULL, m, NULL};
     if (m == 0)
         return nonblock ? -1 : WEFT_PENDING; /* no cases: blocks forever */
 
@@ -256,10 +259,18 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
 /* Step 5: woken by the waker that won; withdraw the other waiters (their
  * channels locked in the order they were queued) and report the winner. */
 static int select_result(weft_g *g, weft_case *cases) {
-    sel qs = {cases, NULL, g->wbuf, g->nwaiting};
+    weft_waiter *win = g->param;
+    /* The waker unlinked the winner, dropping its reference: the winning
+     * channel may be gone already (its other users dropped theirs once the
+     * case took effect). It is locked only if another waiter of this select
+     * is on it, and so still holds a reference. */
+    weft_chan *wc = cases[win->case_index].ch;
+    sel qs = {cases, NULL, g->wbuf, g->nwaiting, wc};
+    for (int k = 0; k < qs.n; k++)
+        if (&g->wbuf[k] != win && cases[g->wbuf[k].case_index].ch == wc)
+            qs.skip = NULL;
     const sel *s = &qs;
     sel_lock(s);
-    weft_waiter *win = g->param;
     for (int k = 0; k < s->n; k++) {
         weft_waiter *w = &g->wbuf[k];
         if (w != win && w->queued)

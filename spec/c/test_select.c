@@ -320,6 +320,49 @@ static void test_close_wakes_select(void) {
     ctest_run(2, close_wake_main, NULL);
 }
 
+/* A select's winning channel may be freed as soon as the case took effect:
+ * the goroutine that sent (or received, or closed) holds the only reference
+ * and drops it at once, before the woken select has run again. The select
+ * must not touch that channel afterwards (ASAN: make asan). One processor,
+ * so the select is parked before the other side acts, and runs after it. */
+static weft_chan *fw_never;
+
+static void fw_select(void *arg) {
+    weft_case *cs = arg;
+    int k = weft_select(cs, 2, 0);
+    CHECK_EQ(k, 0);
+    CHECK_EQ(weft_chan_send(fw_never, weft_val_int(k)), WEFT_OK);
+}
+
+static void fw_main(void *arg) {
+    (void)arg;
+    fw_never = weft_chan_new(1);
+    weft_val v;
+    for (int round = 0; round < 6; round++) {
+        size_t cap = round % 3 == 0 ? 0 : 2;
+        weft_chan *c = weft_chan_new(cap);
+        weft_case cs[2] = {round < 3 ? weft_case_recv(c) : weft_case_send(c, weft_val_int(1)),
+                           weft_case_recv(fw_never)};
+        for (size_t i = 0; round >= 3 && i < cap; i++) /* a send case must wait too */
+            CHECK_EQ(weft_chan_send(c, weft_val_int(100)), WEFT_OK);
+        weft_go(fw_select, cs);
+        weft_yield(); /* parked in its select */
+        if (round < 3)
+            CHECK_EQ(weft_chan_send(c, weft_val_int(round)), WEFT_OK);
+        else
+            CHECK_EQ(weft_chan_recv(c, &v), 1);
+        weft_chan_release(c); /* the last reference */
+        CHECK_EQ(weft_chan_recv(fw_never, &v), 1);
+        if (round < 3)
+            CHECK_EQ(cs[0].val.u.i, round);
+    }
+    weft_chan_release(fw_never);
+}
+
+static void test_winner_freed(void) {
+    ctest_run(1, fw_main, NULL);
+}
+
 const ctest_case select_tests[] = {
     {"basic", test_basic},
     {"blocking_wake", test_blocking_wake},
@@ -328,5 +371,6 @@ const ctest_case select_tests[] = {
     {"racing_selects", test_racing_selects},
     {"duplicate_channels", test_duplicate_channels},
     {"close_wakes_select", test_close_wakes_select},
+    {"winner_freed", test_winner_freed},
     {NULL, NULL},
 };
