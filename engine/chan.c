@@ -11,10 +11,16 @@
  *  - Unbuffered: at most one of sendq and recvq holds waiters that can still
  *    be woken (a sender queues only when no receiver waits, and the other
  *    way round); a value passes from hand to hand under the lock.
- *  - Buffered: every value passes through the ring, in order, and a waker
- *    moves it between the ring and a waiter (feed). A receiver queues only
+ *  - Buffered: values pass through the ring, in order, and a waker moves
+ *    them between the ring and a waiter (feed). A receiver queues only
  *    after finding the ring without a value, a sender only after finding
- *    it without a free slot.
+ *    it without a free slot. One shortcut: a sender that finds a receiver
+ *    queued (it goes to the lock when nrecvw is not zero) hands its value
+ *    over directly, as on an unbuffered channel. That passes no value of
+ *    its own: the receiver's last try before parking took every value
+ *    reserved before it, and a value reserved after is fed to it by its
+ *    sender (the handshake). Only values of different senders can change
+ *    places, which Go does not order either.
  *  - No parked waiter is forgotten (the handshake): a goroutine about to
  *    park first counts itself in nrecvw / nsendw (announce), then a
  *    seq_cst fence, then tries the ring once more (waiting out a slot that
@@ -267,8 +273,9 @@ static void feed_after_commit(weft_chan *c, bool pinned) {
 }
 
 static int send_fast(weft_chan *c, weft_val *v, bool pinned) {
-    if (atomic_load_explicit(&c->nsendw, memory_order_relaxed) != 0)
-        return WEFT_EAGAIN;
+    if (atomic_load_explicit(&c->nsendw, memory_order_relaxed) != 0 ||
+        atomic_load_explicit(&c->nrecvw, memory_order_relaxed) != 0)
+        return WEFT_EAGAIN; /* queued senders first; parked receivers: hand over */
     uint64_t pos;
     weft_ring_slot *s;
     int rc, spin = 0;
@@ -407,9 +414,7 @@ static int send_locked(weft_chan *c, weft_val *v) {
         weft_mutex_unlock(&c->lock);
         return WEFT_ECLOSED;
     }
-    if (buffered(c))
-        return bsend_locked(c, v);
-    weft_waiter *w = waitq_dequeue(&c->recvq);
+    weft_waiter *w = waitq_dequeue(&c->recvq); /* buffered too: see the invariants */
     if (w) {
         w->val = *v;
         w->success = true;
@@ -417,7 +422,7 @@ static int send_locked(weft_chan *c, weft_val *v) {
         weft_ready(w->g, true);
         return WEFT_OK;
     }
-    return WEFT_EAGAIN;
+    return buffered(c) ? bsend_locked(c, v) : WEFT_EAGAIN;
 }
 
 /* 1 with *out, 0 closed (out zeroed), or WEFT_EAGAIN with the lock held. */
@@ -484,17 +489,15 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
         cs->ok = 0;
         return 1;
     }
-    if (buffered(c)) {
-        if (weft_ring_push(&c->r, &cs->val) != WEFT_RING_OK)
-            return 0;
-        *wake = feed(c, NULL);
-    } else {
-        weft_waiter *w = waitq_dequeue(&c->recvq);
-        if (!w)
-            return 0;
+    weft_waiter *w = waitq_dequeue(&c->recvq); /* buffered too: see the invariants */
+    if (w) {
         w->val = cs->val;
         w->success = true;
         *wake = wake_push(NULL, w);
+    } else {
+        if (!buffered(c) || weft_ring_push(&c->r, &cs->val) != WEFT_RING_OK)
+            return 0;
+        *wake = feed(c, NULL);
     }
     memset(&cs->val, 0, sizeof cs->val);
     cs->ok = 1;
