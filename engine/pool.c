@@ -38,6 +38,7 @@
 
 #include "lock.h"
 #include "prefetch.h"
+#include "tls.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -98,8 +99,8 @@ _Static_assert(sizeof(pool_batch) <= WEFT_POOL_MAX, "a batch must fit in a block
 
 static weft_mutex pools_lock = WEFT_MUTEX_INIT;
 static weft_pool *pools;
-static _Thread_local weft_pool *tls_pool;
-static _Thread_local pool_blk *tls_batch; /* the batch being filled */
+static _Thread_local weft_pool *tls_pool WEFT_TLS_FAST;
+static _Thread_local pool_blk *tls_batch WEFT_TLS_FAST; /* the batch being filled */
 static pthread_key_t pool_key, batch_key;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 

@@ -75,6 +75,7 @@
 #endif
 #include "core.h"
 #include "prefetch.h"
+#include "tls.h"
 #include "diag.h"
 #include "sanitizer.h"
 
@@ -87,7 +88,7 @@
 
 weft_sched weft_S;
 
-static _Thread_local weft_proc *tls_proc;
+static _Thread_local weft_proc *tls_proc WEFT_TLS_FAST;
 
 #if defined(__GNUC__)
 #define WEFT_NOINLINE __attribute__((noinline))
