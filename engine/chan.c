@@ -39,10 +39,11 @@
  *    owns while another case was ready.
  *  - The lock-free forms stay off the ring while the same side has waiters
  *    (nsendw for senders, nrecvw for receivers), so that queued goroutines
- *    are served first. A stale read, or a slow path's first try under the
- *    lock (which does not look at the queues), may overtake a queued
- *    goroutine in the moment before its feed: that costs fairness, never a
- *    value or one sender's order.
+ *    are served first; a sender also while receivers are queued (it hands
+ *    over directly, above). A stale read, or a slow path's first try under
+ *    the lock (which does not look at its own side's queue), may overtake
+ *    a queued goroutine in the moment before its feed: that costs
+ *    fairness, never a value or one sender's order.
  *  - Once closed, a channel is never reopened. Close sets `closed` and the
  *    ring's CLOSED bit (no sender reserves a slot after it), hands the
  *    values left to queued receivers, and wakes every other waiter: a
@@ -62,8 +63,8 @@
  *
  * Layout: the ring's send index and receive index each own a cache line
  * (ring.h); the lock, the queues and the counts share one, which the
- * lock-free paths only read; what only the creator writes (cap, slots,
- * timer) has its own.
+ * lock-free paths only read; what only the creator writes (the ring's
+ * capacity and slots) has its own.
  *
  * Waking: a waker unlinks the waiter under c->lock, writes the value and
  * `success` into it, and calls weft_ready() after unlocking (or, on the
