@@ -33,6 +33,9 @@
  * Layout: sendx and recvx each have a cache line, so that a sender and a
  * receiver on two processors write different lines; the slots are 32 bytes,
  * two to a line.
+ *
+ * Locks: none. The owner of a reserved slot takes no lock before it
+ * commits, so a holder of the channel's lock may wait out BUSY.
  */
 #ifndef WEFT_RING_H
 #define WEFT_RING_H
