@@ -273,22 +273,27 @@ static void feed_after_commit(weft_chan *c, bool pinned) {
         weft_chan_release(c);
 }
 
+/* Between reserve and commit: whether the other side (its waiter count
+ * `others`) must be fed after the commit, holding a reference if so. */
+static bool feed_due(weft_chan *c, atomic_int *others, bool pinned) {
+    bool waiters = atomic_load_explicit(others, memory_order_seq_cst) != 0;
+    if (waiters && !pinned)
+        weft_chan_retain(c);
+    return waiters;
+}
+
 static int send_fast(weft_chan *c, weft_val *v, bool pinned) {
     if (atomic_load_explicit(&c->nsendw, memory_order_relaxed) != 0 ||
         atomic_load_explicit(&c->nrecvw, memory_order_relaxed) != 0)
         return WEFT_EAGAIN; /* queued senders first; parked receivers: hand over */
     uint64_t pos;
     weft_ring_slot *s;
-    int rc, spin = 0;
-    while ((rc = weft_ring_reserve_send(&c->r, &pos, &s)) == WEFT_RING_BUSY)
-        weft_ring_backoff(&spin); /* the slot is as good as free */
+    int rc = weft_ring_reserve_send_settled(&c->r, &pos, &s);
     if (rc != WEFT_RING_OK)
         return rc == WEFT_RING_SHUT ? WEFT_ECLOSED : WEFT_EAGAIN;
-    bool waiters = atomic_load_explicit(&c->nrecvw, memory_order_seq_cst) != 0;
-    if (waiters && !pinned)
-        weft_chan_retain(c);
+    bool feed_them = feed_due(c, &c->nrecvw, pinned);
     weft_ring_commit_send(s, pos, v);
-    if (waiters)
+    if (feed_them)
         feed_after_commit(c, pinned);
     return WEFT_OK;
 }
@@ -298,16 +303,11 @@ static int recv_fast(weft_chan *c, weft_val *out, bool pinned) {
         return WEFT_EAGAIN;
     uint64_t pos;
     weft_ring_slot *s;
-    int rc, spin = 0;
-    while ((rc = weft_ring_reserve_recv(&c->r, &pos, &s)) == WEFT_RING_BUSY)
-        weft_ring_backoff(&spin); /* the value is as good as there */
-    if (rc != WEFT_RING_OK)
+    if (weft_ring_reserve_recv_settled(&c->r, &pos, &s) != WEFT_RING_OK)
         return WEFT_EAGAIN;
-    bool waiters = atomic_load_explicit(&c->nsendw, memory_order_seq_cst) != 0;
-    if (waiters && !pinned)
-        weft_chan_retain(c);
+    bool feed_them = feed_due(c, &c->nsendw, pinned);
     weft_ring_commit_recv(&c->r, s, pos, out);
-    if (waiters)
+    if (feed_them)
         feed_after_commit(c, pinned);
     return 1;
 }

@@ -162,16 +162,32 @@ static inline void weft_ring_backoff(int *spin) {
         sched_yield();
 }
 
+/* Reserves, waiting out BUSY (an operation takes effect when it reserves,
+ * and the other side's commit is as good as done): OK, FULL or SHUT for a
+ * sender, OK or EMPTY for a receiver. */
+static inline int weft_ring_reserve_send_settled(weft_ring *r, uint64_t *pos,
+                                                 weft_ring_slot **slot) {
+    int rc, spin = 0;
+    while ((rc = weft_ring_reserve_send(r, pos, slot)) == WEFT_RING_BUSY)
+        weft_ring_backoff(&spin);
+    return rc;
+}
+
+static inline int weft_ring_reserve_recv_settled(weft_ring *r, uint64_t *pos,
+                                                 weft_ring_slot **slot) {
+    int rc, spin = 0;
+    while ((rc = weft_ring_reserve_recv(r, pos, slot)) == WEFT_RING_BUSY)
+        weft_ring_backoff(&spin);
+    return rc;
+}
+
 /* Both halves at once, for callers that hold the channel's lock and need a
- * definite answer: BUSY is waited out, so the result is OK, FULL or SHUT
- * (push) and OK or EMPTY (pop). The owner of a BUSY slot never needs the
- * lock before it commits. */
+ * definite answer (the owner of a BUSY slot never needs the lock before it
+ * commits). */
 static inline int weft_ring_push(weft_ring *r, const weft_val *v) {
     uint64_t pos;
     weft_ring_slot *s;
-    int rc, spin = 0;
-    while ((rc = weft_ring_reserve_send(r, &pos, &s)) == WEFT_RING_BUSY)
-        weft_ring_backoff(&spin);
+    int rc = weft_ring_reserve_send_settled(r, &pos, &s);
     if (rc == WEFT_RING_OK)
         weft_ring_commit_send(s, pos, v);
     return rc;
@@ -180,9 +196,7 @@ static inline int weft_ring_push(weft_ring *r, const weft_val *v) {
 static inline int weft_ring_pop(weft_ring *r, weft_val *out) {
     uint64_t pos;
     weft_ring_slot *s;
-    int rc, spin = 0;
-    while ((rc = weft_ring_reserve_recv(r, &pos, &s)) == WEFT_RING_BUSY)
-        weft_ring_backoff(&spin);
+    int rc = weft_ring_reserve_recv_settled(r, &pos, &s);
     if (rc == WEFT_RING_OK)
         weft_ring_commit_recv(r, s, pos, out);
     return rc;
