@@ -390,69 +390,13 @@ void weft_chan_set_timer(weft_chan *c, struct weft_timer *t) {
 }
 
 /* ---- operations under the lock ------------------------------------------------
- * Each returns with c->lock released, except when the operation must block:
- * then it returns WEFT_EAGAIN with the lock still held. */
+ * weft_chan_try_case_locked is the one attempt at an operation with the lock
+ * held, for select's cases and (through try_locked) the plain operations. */
 
 static void count_op(void) {
     weft_proc *p = weft_proc_self();
     if (p)
         weft_stat_inc(&p->st_chanops);
-}
-
-/* Buffered send, lock held: pushes (waking receivers it fed), or returns
- * WEFT_EAGAIN with the lock still held and the ring full. */
-static int bsend_locked(weft_chan *c, weft_val *v) {
-    if (weft_ring_push(&c->r, v) != WEFT_RING_OK)
-        return WEFT_EAGAIN;
-    weft_waiter *wake = feed(c, NULL);
-    weft_mutex_unlock(&c->lock);
-    weft_chan_wake(wake);
-    return WEFT_OK;
-}
-
-static int send_locked(weft_chan *c, weft_val *v) {
-    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
-        weft_mutex_unlock(&c->lock);
-        return WEFT_ECLOSED;
-    }
-    weft_waiter *w = waitq_dequeue(&c->recvq); /* buffered too: see the invariants */
-    if (w) {
-        w->val = *v;
-        w->success = true;
-        weft_mutex_unlock(&c->lock);
-        weft_ready(w->g, true);
-        return WEFT_OK;
-    }
-    return buffered(c) ? bsend_locked(c, v) : WEFT_EAGAIN;
-}
-
-/* 1 with *out, 0 closed (out zeroed), or WEFT_EAGAIN with the lock held. */
-static int recv_locked(weft_chan *c, weft_val *out) {
-    if (buffered(c)) {
-        if (weft_ring_pop(&c->r, out) == WEFT_RING_OK) {
-            weft_waiter *wake = feed(c, NULL);
-            weft_mutex_unlock(&c->lock);
-            weft_chan_wake(wake);
-            return 1;
-        }
-    } else {
-        weft_waiter *w = waitq_dequeue(&c->sendq);
-        if (w) {
-            *out = w->val;
-            memset(&w->val, 0, sizeof w->val);
-            w->success = true;
-            weft_mutex_unlock(&c->lock);
-            weft_ready(w->g, true);
-            return 1;
-        }
-    }
-    /* closed, and no value left (pop waits out a value reserved before) */
-    if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
-        weft_mutex_unlock(&c->lock);
-        memset(out, 0, sizeof *out);
-        return 0;
-    }
-    return WEFT_EAGAIN;
 }
 
 /* Exported for select.c: one attempt at a case, lock held by the caller
@@ -479,7 +423,7 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
                 return 1;
             }
         }
-        if (closed) {
+        if (closed) { /* and no value left: pop waited out one reserved before */
             memset(&cs->val, 0, sizeof cs->val);
             cs->ok = 0;
             return 1;
@@ -503,6 +447,27 @@ int weft_chan_try_case_locked(weft_chan *c, weft_case *cs, weft_waiter **wake) {
     memset(&cs->val, 0, sizeof cs->val);
     cs->ok = 1;
     return 1;
+}
+
+/* The plain operations' attempt under the lock, through the same code as a
+ * select's case: WEFT_OK / WEFT_ECLOSED (send; *v stays the caller's when
+ * closed) or 1 with *v / 0 closed with *v zeroed (receive), the lock
+ * released and the waiters it served readied; or WEFT_EAGAIN with the
+ * lock still held. */
+static int try_locked(weft_chan *c, int dir, weft_val *v) {
+    weft_case cs = {c, dir, {{0}, 0, 0, 0}, 0};
+    if (dir == DIR_SEND)
+        cs.val = *v;
+    weft_waiter *wake;
+    if (!weft_chan_try_case_locked(c, &cs, &wake))
+        return WEFT_EAGAIN;
+    weft_mutex_unlock(&c->lock);
+    weft_chan_wake(wake);
+    if (dir == DIR_RECV) {
+        *v = cs.val;
+        return cs.ok;
+    }
+    return cs.ok ? WEFT_OK : WEFT_ECLOSED;
 }
 
 static bool looks_blocked(weft_chan *c, int dir);
@@ -578,7 +543,7 @@ static void waiter_init(weft_waiter *w, weft_g *g) {
  * caller cannot wait, WEFT_ENOTG). */
 static int send_slow(weft_chan *c, weft_val *v, weft_g *g) {
     weft_mutex_lock(&c->lock);
-    int rc = send_locked(c, v);
+    int rc = try_locked(c, DIR_SEND, v);
     if (rc != WEFT_EAGAIN)
         return rc;
     if (!g) {
@@ -637,7 +602,7 @@ static int send_result(weft_g *g, weft_val *v) {
 
 static int recv_slow(weft_chan *c, weft_val *out, weft_g *g) {
     weft_mutex_lock(&c->lock);
-    int rc = recv_locked(c, out);
+    int rc = try_locked(c, DIR_RECV, out);
     if (rc != WEFT_EAGAIN)
         return rc;
     if (!g) {
@@ -800,7 +765,7 @@ static int trysend(weft_chan *c, weft_val *v, bool pinned) {
     if (!pinned)
         weft_chan_retain(c); /* see send_prepare */
     weft_mutex_lock(&c->lock);
-    int rc = send_locked(c, v);
+    int rc = try_locked(c, DIR_SEND, v);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
     if (!pinned)
@@ -819,7 +784,7 @@ static int tryrecv(weft_chan *c, weft_val *out, bool pinned) {
     if (!pinned)
         weft_chan_retain(c); /* see send_prepare */
     weft_mutex_lock(&c->lock);
-    int rc = recv_locked(c, out);
+    int rc = try_locked(c, DIR_RECV, out);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
     if (!pinned)
