@@ -8,9 +8,14 @@
  * has no notion of an owner, and sanitizers see acquire/release on atomics.
  * Critical sections are short, so the lock spins a little before sleeping.
  * Off Linux it falls back to yielding the thread instead of a futex.
+ *
+ * Beside it, the two CPU primitives that lock-free code builds on: the
+ * spin-wait hint (weft_cpu_relax) and a full fence (weft_fence_sc).
  */
 #ifndef WEFT_LOCK_H
 #define WEFT_LOCK_H
+
+#include "sanitizer.h"
 
 #include <stdatomic.h>
 
@@ -29,6 +34,22 @@ static inline void weft_cpu_relax(void) {
     __asm__ __volatile__("pause");
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
+#endif
+}
+
+/* A full fence, for chan.c's handshake (a store, then a load of another
+ * location, that must not pass each other). On x86-64 a locked add of zero
+ * to the stack is one, cheaper than mfence; under TSAN, which does not
+ * model fences (and gcc warns of them), a seq_cst read-modify-write; else
+ * the C11 fence. */
+static inline void weft_fence_sc(void) {
+#if defined(WEFT_TSAN)
+    static _Atomic int weft_fence_cell;
+    atomic_fetch_add_explicit(&weft_fence_cell, 0, memory_order_seq_cst);
+#elif defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __asm__ __volatile__("lock; addl $0,-8(%%rsp)" ::: "memory", "cc");
+#else
+    atomic_thread_fence(memory_order_seq_cst);
 #endif
 }
 

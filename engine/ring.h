@@ -42,28 +42,11 @@
 
 #include "core.h"
 #include "lock.h"
-#include "sanitizer.h"
 
 #include <sched.h>
 #include <stdint.h>
 
 #define WEFT_RING_CLOSED ((uint64_t)1 << 63)
-
-/* The full fence of chan.c's handshake (a store, then a load of another
- * location, that must not pass each other). On x86-64 a locked add of zero
- * to the stack is one, cheaper than mfence; under TSAN, which does not
- * model fences (and gcc warns of them), a seq_cst read-modify-write; else
- * the C11 fence. */
-static inline void weft_fence_sc(void) {
-#if defined(WEFT_TSAN)
-    static _Atomic int weft_fence_cell;
-    atomic_fetch_add_explicit(&weft_fence_cell, 0, memory_order_seq_cst);
-#elif defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    __asm__ __volatile__("lock; addl $0,-8(%%rsp)" ::: "memory", "cc");
-#else
-    atomic_thread_fence(memory_order_seq_cst);
-#endif
-}
 
 enum { WEFT_RING_OK = 0, WEFT_RING_FULL, WEFT_RING_SHUT, WEFT_RING_EMPTY, WEFT_RING_BUSY };
 

@@ -43,7 +43,6 @@
  * all of them are released.
  */
 #include "core.h"
-#include "ring.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -159,9 +158,10 @@ static int check_cases(weft_case *cases, int n) {
     return WEFT_OK;
 }
 
-static void unannounce(weft_case *cases, const int *lockorder, int m) {
-    for (int k = 0; k < m; k++)
-        weft_chan_announce_locked(cases[lockorder[k]].ch, cases[lockorder[k]].dir, -1);
+/* Counts (k = +1) or takes back (k = -1) a waiter per case (locks held). */
+static void sel_announce(weft_case *cases, const int *lockorder, int m, int k) {
+    for (int j = 0; j < m; j++)
+        weft_chan_announce_locked(cases[lockorder[j]].ch, cases[lockorder[j]].dir, k);
 }
 
 /* Steps 1-3 of the protocol for goroutine g (NULL: cannot wait). Returns the
@@ -210,8 +210,7 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
      * or sees the counts and comes to the lock. */
     bool wait = !nonblock && g;
     if (wait) {
-        for (int k = 0; k < m; k++)
-            weft_chan_announce_locked(cases[lockorder[k]].ch, cases[lockorder[k]].dir, 1);
+        sel_announce(cases, lockorder, m, 1);
         weft_fence_sc();
     }
     for (int k = 0; k < m; k++) {
@@ -219,7 +218,7 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
         weft_waiter *wake;
         if (weft_chan_try_case_locked(cases[i].ch, &cases[i], &wake)) {
             if (wait)
-                unannounce(cases, lockorder, m);
+                sel_announce(cases, lockorder, m, -1);
             sel_unlock(s);
             sel_hold(s, false);
             weft_chan_wake(wake);
@@ -232,7 +231,7 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
         return nonblock ? -1 : WEFT_ENOTG;
     }
     if (ensure_wbuf(g, m) != 0) {
-        unannounce(cases, lockorder, m);
+        sel_announce(cases, lockorder, m, -1);
         sel_unlock(s);
         sel_hold(s, false);
         return WEFT_ENOMEM;
