@@ -371,6 +371,13 @@ bool weft_is_native(weft_g *g);
 void weft_wakep(void);
 uint32_t weft_fastrand(void);
 uint32_t weft_fastrandn(uint32_t n);
+
+/* A random 32-bit r scaled into [0, n) by a multiply and a shift instead
+ * of a division (the bias is below n / 2^32): weft_fastrandn, select's
+ * poll order. */
+static inline uint32_t weft_rand_scale(uint32_t r, uint32_t n) {
+    return (uint32_t)(((uint64_t)r * n) >> 32);
+}
 void weft_stat_inc(_Atomic uint64_t *counter);
 int64_t weft_coarse_now(void);
 

@@ -155,7 +155,7 @@ uint32_t weft_fastrand(void) {
 /* Uniform in [0, n) for n > 0: a multiply and a shift instead of a division
  * (as Go's cheaprandn); the bias is below n / 2^32. */
 uint32_t weft_fastrandn(uint32_t n) {
-    return (uint32_t)(((uint64_t)weft_fastrand() * n) >> 32);
+    return weft_rand_scale(weft_fastrand(), n);
 }
 
 static void nothing_cb(struct ev_loop *loop, void *w, int revents) {

@@ -179,7 +179,7 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
         if (!cases[i].ch)
             continue;
         x = x * 6364136223846793005ull + 1442695040888963407ull;
-        int j = (int)(((x >> 32) * (uint64_t)(m + 1)) >> 32);
+        int j = (int)weft_rand_scale((uint32_t)(x >> 32), (uint32_t)(m + 1));
         pollorder[m] = pollorder[j];
         pollorder[j] = i;
         lockorder[m] = i;
