@@ -31,7 +31,7 @@ else
 CTX_ASM := engine/ctx_x86_64.S
 endif
 
-ENGINE_SRC := engine/lock.c engine/pool.c engine/stack.c engine/ctx.c engine/runq.c engine/proc.c \
+ENGINE_SRC := engine/lock.c engine/pool.c engine/stack.c engine/ctx.c engine/runq.c engine/gfree.c engine/proc.c \
               engine/chan.c engine/select.c engine/timer.c engine/sema.c engine/atomic.c \
               engine/poll.c engine/diag.c engine/sysmon.c
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/ctx_asm.o

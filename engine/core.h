@@ -27,7 +27,11 @@ typedef struct weft_waiter weft_waiter;
 
 #define WEFT_RUNQ_SIZE 256 /* local run queue ring; a power of two */
 #define WEFT_GFREE_LOCAL 128 /* free goroutines a processor keeps; even */
+#define WEFT_SHOT_LOCAL 16    /* free native stacks a processor last ran on; even */
+#define WEFT_SCOLD_LOCAL 128  /* other free native stacks a processor keeps; even */
+#define WEFT_SFREE_GLOBAL 4096 /* free native stacks kept globally */
 #define WEFT_MAX_PROCS 256
+#define WEFT_CACHE_LINE 64 /* assumed for layout (x86-64 and most arm64 cores) */
 
 /* ---- goroutines ---------------------------------------------------------- */
 
@@ -139,51 +143,59 @@ typedef struct weft_iowait {
 
 /* ---- goroutine ----------------------------------------------------------- */
 
-/* What only a native goroutine needs: its C stack, saved context and entry.
- * Made the first time a goroutine struct runs native code and kept with the
- * struct across reuse, so that a hosted goroutine (most of them, in Lua
- * programs) does not carry it. */
+/* What only a native goroutine needs: its C stack and saved context. A
+ * goroutine gets one when it is made and gives it up when it ends; free
+ * ones wait in per-processor caches (gfree.c), so that a hosted goroutine
+ * (most of them, in Lua programs) does not carry one. */
 typedef struct weft_gnative {
     weft_ctx ctx;
     weft_stack stack;
-    void (*fn)(void *);
-    void *arg;
     /* Parking: set by the goroutine, acted upon by its processor's scheduler
      * context once the goroutine's stack is no longer in use. */
     void (*unlockf)(void *);
     void *unlockarg;
 } weft_gnative;
 
+/* Layout (structs are allocated aligned to a cache line, gfree.c). A
+ * goroutine is often made on one core and run, and ended, on another. The
+ * first line holds all that starting it, running it (until it waits) and
+ * ending it write (state, parkop, nat, ...); the second, the rest of what
+ * making it writes. So the runner
+ * of a goroutine made elsewhere takes one line from the maker, and ending
+ * the goroutine takes no other: each line the runner writes besides the
+ * first is one more line to fetch from the other core, and a write there
+ * at exit (clearing host, once) made spawn+exit on 2 processors about 50
+ * ns slower per goroutine (bench/bounds.md, spawn). */
 struct weft_g {
     int64_t id;
     atomic_int state;     /* enum weft_gstate */
     int kind;             /* enum weft_gkind */
-    weft_gnative *nat;    /* NATIVE: stack and context (kept across reuse) */
+    weft_gnative *nat;    /* NATIVE: stack and context while it lives */
     weft_g *schedlink;    /* global run queue, inbox, bound queue, free list */
-    weft_proc *bound;     /* HOSTED: the processor that owns it */
+    void (*fn)(void *);   /* NATIVE: entry */
+    void *arg;
+    int64_t parent_id;    /* creator */
     int parkop;           /* enum weft_parkop: what the scheduler does next */
+    bool fresh;           /* NATIVE: not started yet (no frame on its stack) */
+
+    _Alignas(WEFT_CACHE_LINE) weft_proc *bound; /* HOSTED: the processor that owns it */
+    void *host;               /* HOSTED: host data (the host clears it before exit) */
+    const char *wait_reason;
+    weft_waiter *waiting;     /* waiters now queued on channels (teardown) */
+    int nwaiting;
+    int64_t wait_since;       /* weft_nanotime() */
 
     /* Waiting. */
-    const char *wait_reason;
-    int64_t wait_since;       /* weft_nanotime() */
     weft_waiter w1;           /* single channel operation */
     weft_waiter *wbuf;        /* select: one waiter per case */
     int wbuf_cap;
-    weft_waiter *waiting;     /* waiters now queued on channels (teardown) */
-    int nwaiting;
     atomic_int selectdone;    /* select: 0 until a waker claims the goroutine */
     weft_waiter *param;       /* the waiter that won (written before weft_ready) */
     struct weft_timer sleept; /* weft_sleep */
     weft_iowait *iow;         /* fd readiness wait (poll.c): made on first use, kept */
-
-    int64_t parent_id;        /* creator */
-    void *host;               /* HOSTED: host data */
 };
 
 /* ---- processors ---------------------------------------------------------- */
-
-/* The cache line size assumed for layout (x86-64 and most arm64 cores). */
-#define WEFT_CACHE_LINE 64
 
 /* The fields come in groups by who writes them, each group starting a cache
  * line (weft_proc is allocated aligned to one): what the owner writes at
@@ -246,6 +258,12 @@ struct weft_proc {
      * so that taking one reads nothing of the others (proc.c). */
     weft_g *gfree[WEFT_GFREE_LOCAL];
     int ngfree;
+    /* Free native stacks (gfree.c): hot ones, last run on here, for
+     * goroutines to start on; cold ones, for goroutines being made. */
+    weft_gnative *shot[WEFT_SHOT_LOCAL];
+    int nshot;
+    weft_gnative *scold[WEFT_SCOLD_LOCAL];
+    int nscold;
 
     /* Statistics: written by the owner only, read by anyone. */
     _Atomic uint64_t st_switches, st_steals, st_stolen, st_wakeups, st_timers, st_chanops;
@@ -341,6 +359,8 @@ typedef struct weft_sched {
     weft_g **gfree; /* free goroutines, a stack of pointers of capgfree */
     atomic_int ngfree; /* written under lock, peeked without */
     int capgfree;
+    weft_gnative *sfree[WEFT_SFREE_GLOBAL]; /* free native stacks */
+    atomic_int nsfree; /* written under lock, peeked without */
 
     _Alignas(WEFT_CACHE_LINE) atomic_int npidle;
     atomic_int nspinning;
@@ -392,6 +412,16 @@ uint32_t weft_runq_len(weft_proc *p);
 void weft_globrunq_put(weft_g *g);
 void weft_globrunq_put_batch(weft_g *head, weft_g *tail, int n);
 weft_g *weft_globrunq_get(weft_proc *p, int max); /* sched.lock held */
+
+/* gfree.c */
+weft_g *weft_gfree_get(weft_proc *p); /* p may be NULL (not a processor's thread) */
+void weft_gfree_put(weft_proc *p, weft_g *g);
+weft_gnative *weft_gfree_stack_get(weft_proc *p);
+void weft_gfree_stack_put(weft_proc *p, weft_gnative *n);
+void weft_gfree_stack_start(weft_proc *p, weft_g *g); /* g not started yet */
+void weft_gfree_stack_destroy(weft_gnative *n);
+void weft_gfree_proc_teardown(weft_proc *p);
+void weft_gfree_teardown(void);
 
 /* chan.c */
 void weft_waiter_withdraw(weft_waiter *w); /* teardown: unlink if still queued */

@@ -168,166 +168,47 @@ static void nothing_cb(struct ev_loop *loop, void *w, int revents) {
 
 static void g_entry(void *arg);
 
-static void g_native_free(weft_g *g) {
-    weft_gnative *n = g->nat;
-    if (!n)
-        return;
-    weft_ctx_destroy(&n->ctx);
-    weft_stack_free(&n->stack);
-    free(n);
-    g->nat = NULL;
-}
-
-static weft_g *g_alloc_struct(void) {
-    weft_g *g = calloc(1, sizeof *g);
-    if (!g)
-        return NULL;
-    weft_mutex_lock(&weft_S.alllock);
-    if (weft_S.nallgs == weft_S.capallgs) {
-        size_t cap = weft_S.capallgs ? weft_S.capallgs * 2 : 256;
-        weft_g **a = realloc(weft_S.allgs, cap * sizeof *a);
-        if (!a) {
-            weft_mutex_unlock(&weft_S.alllock);
-            free(g);
-            return NULL;
-        }
-        weft_S.allgs = a;
-        weft_S.capallgs = cap;
-    }
-    weft_S.allgs[weft_S.nallgs++] = g;
-    weft_mutex_unlock(&weft_S.alllock);
-    atomic_init(&g->state, WEFT_G_IDLE);
-    return g;
-}
-
-/* Free goroutine structs, with their native stacks, wait in stacks of
- * pointers: the processor's (owner only), and the global one (sched.lock),
- * which takes and gives them in halves of a processor's. A goroutine is
- * mostly freed on another processor than the one that made it (a thief
- * ran it): moving a chain of them would read each struct, one cache miss
- * after the other, while moving pointers reads none, and taking one
- * prefetches the next (prefetch.h). The global stack keeps at most 4096
- * native stacks; a struct it cannot take (out of memory) stays in allgs
- * only, and is freed at teardown. */
-enum { GFREE_HALF = WEFT_GFREE_LOCAL / 2, GFREE_STACKS = 4096 };
-
-/* Room for n more in the global stack (sched.lock held). */
-static bool gfree_room(int n) {
-    int need = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed) + n;
-    if (need <= weft_S.capgfree)
-        return true;
-    int cap = weft_S.capgfree ? weft_S.capgfree : 256;
-    while (cap < need)
-        cap *= 2;
-    weft_g **a = realloc(weft_S.gfree, (size_t)cap * sizeof *a);
-    if (!a)
-        return false;
-    weft_S.gfree = a;
-    weft_S.capgfree = cap;
-    return true;
-}
-
-/* A free goroutine struct: the processor's stack, else half a processor's
- * worth from the global one, else a new one. */
-static weft_g *g_get(weft_proc *p) {
-    if (p && p->ngfree == 0 && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
-        weft_mutex_lock(&weft_S.lock);
-        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
-        int k = n < GFREE_HALF ? n : GFREE_HALF;
-        memcpy(p->gfree, weft_S.gfree + (n - k), (size_t)k * sizeof *p->gfree);
-        atomic_store_explicit(&weft_S.ngfree, n - k, memory_order_relaxed);
-        weft_mutex_unlock(&weft_S.lock);
-        p->ngfree = k;
-    }
-    if (p && p->ngfree > 0) {
-        weft_g *g = p->gfree[--p->ngfree];
-        if (p->ngfree > 0)
-            weft_prefetch_w(p->gfree[p->ngfree - 1]);
-        return g;
-    }
-    if (!p && atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed)) {
-        weft_g *g = NULL;
-        weft_mutex_lock(&weft_S.lock);
-        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
-        if (n > 0) {
-            g = weft_S.gfree[n - 1];
-            atomic_store_explicit(&weft_S.ngfree, n - 1, memory_order_relaxed);
-        }
-        weft_mutex_unlock(&weft_S.lock);
-        if (g)
-            return g;
-    }
-    return g_alloc_struct();
-}
-
-/* Puts a dead goroutine on p's free stack; a full stack gives its older
- * half to the global one. */
-static void g_put(weft_proc *p, weft_g *g) {
-    atomic_store_explicit(&g->state, WEFT_G_IDLE, memory_order_relaxed);
-    if (p->ngfree == WEFT_GFREE_LOCAL) {
-        weft_mutex_lock(&weft_S.lock);
-        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
-        if (gfree_room(GFREE_HALF)) {
-            for (int i = 0; i < GFREE_HALF; i++) {
-                weft_g *x = p->gfree[i];
-                if (n + i >= GFREE_STACKS && x->nat)
-                    g_native_free(x);
-                weft_S.gfree[n + i] = x;
-            }
-            atomic_store_explicit(&weft_S.ngfree, n + GFREE_HALF, memory_order_relaxed);
-        } else {
-            for (int i = 0; i < GFREE_HALF; i++)
-                g_native_free(p->gfree[i]); /* the structs stay in allgs */
-        }
-        weft_mutex_unlock(&weft_S.lock);
-        memmove(p->gfree, p->gfree + GFREE_HALF, GFREE_HALF * sizeof *p->gfree);
-        p->ngfree = GFREE_HALF;
-    }
-    p->gfree[p->ngfree++] = g;
-}
-
-/* Prepares a fresh goroutine: id, stack, entry. */
+/* Prepares a fresh goroutine: id, stack, entry. It writes the struct's
+ * first two lines only (core.h); the first frame goes on the stack when
+ * the goroutine first runs (g_start), on the processor that runs it. */
 static weft_g *g_new(weft_proc *p, int kind, void (*fn)(void *), void *arg) {
-    weft_g *g = g_get(p);
+    weft_g *g = weft_gfree_get(p);
     if (!g)
         return NULL;
+    g->schedlink = NULL;
     if (kind == WEFT_G_NATIVE) {
-        weft_gnative *n = g->nat;
-        if (n && n->stack.size != weft_stack_round(weft_S.stack_size)) {
-            g_native_free(g);
-            n = NULL;
-        }
-        if (!n && (n = calloc(1, sizeof *n)) != NULL &&
-            weft_stack_alloc(&n->stack, weft_S.stack_size) != 0) {
-            free(n);
-            n = NULL;
-        }
+        weft_gnative *n = weft_gfree_stack_get(p);
         if (!n) {
-            g->schedlink = NULL;
             if (p)
-                g_put(p, g);
-            return NULL;
+                weft_gfree_put(p, g);
+            return NULL; /* without p the struct stays in allgs only */
         }
         g->nat = n;
-        n->ctx.stack_lo = n->stack.lo;
-        n->ctx.stack_size = n->stack.size;
-        weft_ctx_init(&n->ctx, g_entry, g);
-        n->fn = fn;
-        n->arg = arg;
+        g->fn = fn;
+        g->arg = arg;
+        g->fresh = true;
     }
     weft_g *cur = p ? p->curg : NULL;
     g->id = atomic_fetch_add(&weft_S.goidgen, 1) + 1;
     g->kind = kind;
+    g->parent_id = cur ? cur->id : 0;
     g->bound = NULL;
     g->host = NULL;
-    g->schedlink = NULL;
     g->wait_reason = NULL;
     g->waiting = NULL;
     g->nwaiting = 0;
-    g->parent_id = cur ? cur->id : 0;
     atomic_store_explicit(&g->state, WEFT_G_RUNNABLE, memory_order_relaxed);
     atomic_fetch_add_explicit(&weft_S.ngoroutines, 1, memory_order_relaxed);
     return g;
+}
+
+/* A native goroutine's first run, on p: it runs on the stack p last ran on,
+ * if p has one free (gfree.c says why), and its first frame is laid out
+ * here, where it will be used. */
+static void g_start(weft_proc *p, weft_g *g) {
+    g->fresh = false;
+    weft_gfree_stack_start(p, g);
+    weft_ctx_init(&g->nat->ctx, g_entry, g);
 }
 
 /* ---- waking ------------------------------------------------------------- */
@@ -491,7 +372,7 @@ static void g_entry(void *arg) {
     weft_g *g = arg;
     weft_gnative *n = g->nat;
     weft_ctx_entered(&n->ctx);
-    n->fn(n->arg);
+    g->fn(g->arg);
     weft_proc *p = weft_proc_self();
     g->parkop = WEFT_PARK_EXIT;
     weft_ctx_switch(&n->ctx, &p->g0, 1);
@@ -534,8 +415,11 @@ static void after_switch(weft_proc *p, weft_g *g) {
             atomic_fetch_sub_explicit(&g->bound->nhosted, 1, memory_order_relaxed);
         atomic_store_explicit(&g->state, WEFT_G_DEAD, memory_order_relaxed);
         atomic_fetch_sub_explicit(&weft_S.ngoroutines, 1, memory_order_relaxed);
-        g->host = NULL;
-        g_put(p, g);
+        if (native) {
+            weft_gfree_stack_put(p, g->nat);
+            g->nat = NULL;
+        }
+        weft_gfree_put(p, g);
         break;
     }
 }
@@ -578,9 +462,11 @@ static void execute(weft_proc *p, weft_g *g) {
     atomic_store_explicit(&p->running, 1, memory_order_relaxed);
     atomic_store_explicit(&g->state, WEFT_G_RUNNING, memory_order_relaxed);
     weft_stat_inc(&p->st_switches);
-    if (g->kind == WEFT_G_NATIVE)
+    if (g->kind == WEFT_G_NATIVE) {
+        if (g->fresh)
+            g_start(p, g);
         weft_ctx_switch(&p->g0, &g->nat->ctx, 0);
-    else
+    } else
         weft_S.host.run(p, g);
     p->curg = NULL;
     atomic_store_explicit(&p->running, 0, memory_order_relaxed);
@@ -886,6 +772,7 @@ static void procs_free(void) {
         if (!p)
             continue;
         weft_timers_teardown(p);
+        weft_gfree_proc_teardown(p);
         if (p->loop) {
             ev_async_stop(p->loop, &p->wake);
             ev_loop_destroy(p->loop);
@@ -922,6 +809,7 @@ static int engine_init(const weft_config *cfg) {
     weft_S.gfree = NULL;
     weft_S.ngfree = 0;
     weft_S.capgfree = 0;
+    atomic_store(&weft_S.nsfree, 0);
     atomic_store(&weft_S.ngoroutines, 0);
     atomic_store(&weft_S.goidgen, 0); /* main is goroutine 1, as in Go */
     atomic_store(&weft_S.npollwait, 0);
@@ -982,17 +870,15 @@ static void engine_teardown(void) {
         weft_io_teardown(g); /* its watchers, before the loops go */
         if (alive && g->kind == WEFT_G_HOSTED && g->host && weft_S.host.discard)
             weft_S.host.discard(g);
-        g_native_free(g);
+        if (g->nat)
+            weft_gfree_stack_destroy(g->nat);
         free(g->wbuf);
         free(g);
     }
     free(weft_S.allgs);
     weft_S.allgs = NULL;
     weft_S.nallgs = weft_S.capallgs = 0;
-    free(weft_S.gfree);
-    weft_S.gfree = NULL;
-    atomic_store(&weft_S.ngfree, 0);
-    weft_S.capgfree = 0;
+    weft_gfree_teardown();
     procs_free();
     atomic_store(&weft_S.ngoroutines, 0);
 }

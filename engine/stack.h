@@ -1,8 +1,8 @@
 /*
  * stack.h — stacks for native goroutines: mmap'd, with a PROT_NONE guard page
  * below the usable area, so an overflow faults instead of corrupting memory.
- * Dead goroutines keep their stack for reuse (see the free lists in sched.c);
- * this file only maps and unmaps.
+ * Free stacks are kept for reuse (the caches of gfree.c); this file only
+ * maps and unmaps.
  */
 #ifndef WEFT_STACK_H
 #define WEFT_STACK_H

@@ -99,6 +99,103 @@ static void test_many_goroutines(void) {
     }
 }
 
+/* ---- no two live goroutines share a stack ------------------------------------ */
+
+/* Stacks are taken when a goroutine is made and exchanged, when it starts,
+ * for one its processor ran on last (gfree.c). Two spawners, on both
+ * processors, make goroutines that stay alive, mixed with short ones that
+ * end at once so that the processors' caches of recently used stacks are
+ * never empty for long: most of the long ones start with an exchange, on
+ * the processor that made them or on a thief. Every long one fills a buffer
+ * on its stack with its number and reports where the buffer is; while they
+ * are all alive, no two buffers are closer than the smallest stack, and
+ * after they are released each finds its buffer intact. */
+enum { DIST_N = 3000, DIST_SHORT = 4, DIST_ROUNDS = 4, DIST_BUF = 64 };
+static weft_chan *dist_gate, *dist_in, *dist_out;
+static uintptr_t dist_addr[DIST_N];
+static atomic_int dist_short_ran;
+
+static void dist_short(void *arg) {
+    (void)arg;
+    atomic_fetch_add(&dist_short_ran, 1);
+}
+
+static void dist_long(void *arg) {
+    intptr_t i = (intptr_t)arg;
+    volatile int64_t buf[DIST_BUF];
+    for (int k = 0; k < DIST_BUF; k++)
+        buf[k] = i * DIST_BUF + k;
+    dist_addr[i] = (uintptr_t)&buf[0];
+    CHECK_EQ(weft_chan_send(dist_in, weft_val_int(i)), WEFT_OK);
+    weft_val v;
+    CHECK_EQ(weft_chan_recv(dist_gate, &v), 0); /* until the gate closes */
+    int bad = 0;
+    for (int k = 0; k < DIST_BUF; k++)
+        bad += buf[k] != i * DIST_BUF + k;
+    CHECKF(bad == 0, "goroutine %ld: %d of %d words on its stack changed", (long)i, bad, DIST_BUF);
+    CHECK_EQ(weft_chan_send(dist_out, weft_val_int(i)), WEFT_OK);
+}
+
+static void dist_spawner(void *arg) {
+    intptr_t half = (intptr_t)arg;
+    for (intptr_t i = half; i < DIST_N; i += 2) {
+        for (int k = 0; k < DIST_SHORT; k++)
+            CHECK(weft_go(dist_short, NULL) > 0);
+        CHECK(weft_go(dist_long, (void *)i) > 0);
+        if (i % 64 < 2)
+            weft_yield(); /* let the short ones end and the thief steal */
+    }
+}
+
+static int cmp_addr(const void *a, const void *b) {
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void dist_main(void *arg) {
+    (void)arg;
+    static uintptr_t sorted[DIST_N];
+    for (int r = 0; r < DIST_ROUNDS; r++) {
+        dist_gate = weft_chan_new(0);
+        dist_in = weft_chan_new(DIST_N);
+        dist_out = weft_chan_new(DIST_N);
+        atomic_store(&dist_short_ran, 0);
+        memset(dist_addr, 0, sizeof dist_addr);
+        CHECK(weft_go(dist_spawner, (void *)(intptr_t)0) > 0);
+        CHECK(weft_go(dist_spawner, (void *)(intptr_t)1) > 0);
+        static char seen[DIST_N];
+        memset(seen, 0, sizeof seen);
+        weft_val v;
+        for (int i = 0; i < DIST_N; i++) {
+            CHECK_EQ(weft_chan_recv(dist_in, &v), 1);
+            seen[v.u.i]++;
+        }
+        int missing = 0;
+        for (int i = 0; i < DIST_N; i++)
+            missing += seen[i] != 1;
+        CHECK_EQ(missing, 0);
+        memcpy(sorted, dist_addr, sizeof sorted);
+        qsort(sorted, DIST_N, sizeof *sorted, cmp_addr);
+        int close = 0;
+        for (int i = 1; i < DIST_N; i++)
+            close += sorted[i] - sorted[i - 1] < 16 * 1024;
+        CHECKF(close == 0, "round %d: %d pairs of live goroutines less than a stack apart", r, close);
+        weft_chan_close(dist_gate);
+        for (int i = 0; i < DIST_N; i++)
+            CHECK_EQ(weft_chan_recv(dist_out, &v), 1);
+        while (weft_count() > 1)
+            weft_yield();
+        CHECK_EQ(atomic_load(&dist_short_ran), DIST_N * DIST_SHORT);
+        weft_chan_release(dist_gate);
+        weft_chan_release(dist_in);
+        weft_chan_release(dist_out);
+    }
+}
+
+static void test_live_stacks_distinct(void) {
+    ctest_run(2, dist_main, NULL);
+}
+
 /* ---- work moves between processors (steal counters) ------------------------ */
 
 static atomic_int spin_done;
@@ -513,6 +610,7 @@ const ctest_case sched_tests[] = {
     {"work_reaches_polling_procs", test_work_reaches_polling_procs},
     {"many_goroutines", test_many_goroutines},
     {"recycled_goroutines", test_recycled_goroutines},
+    {"live_stacks_distinct", test_live_stacks_distinct},
     {"work_stealing", test_work_stealing},
     {"yield", test_yield},
     {"ids_and_restart", test_ids_and_restart},
