@@ -166,6 +166,8 @@ static int l_sleep(lua_State *L) {
         lua_pushinteger(L, 0);
         return 1;
     }
+    if (weft_sleep_prepare() != WEFT_OK)
+        return luaL_error(L, "weft.sleep: out of memory");
     h->op = WEFT_HOSTOP_SLEEP;
     h->opdone = false;
     h->opnd.sleepns = s > 9e9 ? (int64_t)9e18 : (int64_t)(s * 1e9);

@@ -156,16 +156,18 @@ typedef struct weft_gnative {
     void *unlockarg;
 } weft_gnative;
 
-/* Layout (structs are allocated aligned to a cache line, gfree.c). A
- * goroutine is often made on one core and run, and ended, on another. The
- * first line holds all that starting it, running it (until it waits) and
- * ending it write (state, parkop, nat, ...); the second, the rest of what
- * making it writes. So the runner
- * of a goroutine made elsewhere takes one line from the maker, and ending
- * the goroutine takes no other: each line the runner writes besides the
- * first is one more line to fetch from the other core, and a write there
- * at exit (clearing host, once) made spawn+exit on 2 processors about 50
- * ns slower per goroutine (bench/bounds.md, spawn). */
+/* Layout. Structs start on a cache line (gfree.c cuts them from aligned
+ * blocks). A goroutine is often made on one core and run, and ended, on
+ * another. The first line holds all that starting it, running it (until it
+ * waits) and ending it write (state, parkop, nat, ...); the second, the
+ * rest of what making it writes. Ending a goroutine writes nothing beyond
+ * the first line, where a line the runner wrote would be one more to take
+ * from the maker's core: clearing host at exit made spawn+exit on 2
+ * processors about 50 ns slower per goroutine, and structs that did not
+ * start on a line (plain calloc) about 50 ns too (bench/bounds.md, spawn).
+ * What only some goroutines use is made on first use and kept (the sleep
+ * timer, the fd wait, select's waiters), which keeps the struct, and so a
+ * blocked Lua goroutine, small. */
 struct weft_g {
     int64_t id;
     atomic_int state;     /* enum weft_gstate */
@@ -191,7 +193,7 @@ struct weft_g {
     int wbuf_cap;
     atomic_int selectdone;    /* select: 0 until a waker claims the goroutine */
     weft_waiter *param;       /* the waiter that won (written before weft_ready) */
-    struct weft_timer sleept; /* weft_sleep */
+    struct weft_timer *sleept; /* weft_sleep: made on first use, kept */
     weft_iowait *iow;         /* fd readiness wait (poll.c): made on first use, kept */
 };
 
@@ -325,6 +327,7 @@ int weft_chan_recv_finish(weft_val *out);              /* 1, 0 */
 /* `cases` must stay as they are until weft_select_finish. */
 int weft_select_start(weft_case *cases, int n, int nonblock); /* index, -1, PENDING */
 int weft_select_finish(weft_case *cases, int n);              /* index, or EAGAIN: start again */
+int weft_sleep_prepare(void);     /* OK, or ENOMEM: no timer (call before recording a sleep) */
 int weft_sleep_start(int64_t ns); /* PENDING, or OK when ns <= 0 (the host yields) */
 /* OK (taken at once), PENDING (parked with wait reason `reason`), EINVAL. */
 int weft_sema_acquire_start(weft_sema *s, int64_t k, const char *reason);
@@ -368,6 +371,10 @@ typedef struct weft_sched {
     _Alignas(WEFT_CACHE_LINE) weft_mutex alllock; /* allgs: every goroutine struct ever made (for teardown, dumps) */
     weft_g **allgs;
     size_t nallgs, capallgs;
+    char **gslabs;  /* the blocks goroutine structs are cut from (gfree.c) */
+    size_t ngslabs, capgslabs;
+    char *gslabnext; /* the next struct of the newest block */
+    int gslableft;   /* structs left in it */
     atomic_int npollwait; /* goroutines parked on fds (poll.c): "no fd watched" when 0 */
     /* weft_coarse_now() at the watchdog's last tick (sysmon.c), 0 before the
      * first of this run: parks record it as the start of a wait, which dumps
@@ -441,7 +448,8 @@ void weft_io_teardown(weft_g *g);    /* engine stop: drop g's fd wait, if any */
 /* timer.c */
 void weft_timers_run(weft_proc *p, int64_t now);
 void weft_timers_teardown(weft_proc *p);
-void weft_timer_sleep_arm(weft_g *g, int64_t when);
+int weft_timer_sleep_prepare(weft_g *g); /* OK, or ENOMEM: no timer for g */
+void weft_timer_sleep_arm(weft_g *g, int64_t when); /* after a prepare */
 void weft_timer_detach(struct weft_timer *t);
 
 #endif

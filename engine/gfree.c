@@ -33,7 +33,8 @@
  *    counts are atomics so that an empty one can be seen without the lock
  *    (a stale count only costs a lock round trip).
  *  - A struct on a free list is IDLE and has no stack (nat == NULL). Every
- *    struct ever made is in allgs until teardown, free or not.
+ *    struct ever made is in allgs until teardown, free or not, and was cut
+ *    from one of weft_S.gslabs (blocks and allgs change under alllock).
  *  - A stack is in exactly one place: a live goroutine's nat, one cache, or
  *    nowhere (unmapped). The global array holds at most WEFT_SFREE_GLOBAL
  *    stacks; a processor's half that does not fit is unmapped.
@@ -43,13 +44,9 @@
 #include "core.h"
 #include "prefetch.h"
 
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-_Static_assert(offsetof(weft_g, bound) == WEFT_CACHE_LINE &&
-                   offsetof(weft_g, wait_since) < 2 * WEFT_CACHE_LINE,
-               "the struct's first two lines hold what core.h says they hold");
 
 enum {
     GFREE_HALF = WEFT_GFREE_LOCAL / 2,
@@ -79,29 +76,58 @@ static int global_take(void *dst, int pool, int want) {
 
 /* ---- structs ---------------------------------------------------------------- */
 
-/* A new struct, on a cache line boundary (core.h says why), entered in
- * allgs. */
+/* Structs are cut from blocks aligned to a cache line; the struct's own
+ * alignment (core.h) makes its size whole lines, so each starts on one.
+ * They are never freed one by one: a free one waits for reuse, and
+ * teardown frees the blocks. */
+#define G_SIZE sizeof(weft_g)
+_Static_assert(sizeof(weft_g) % WEFT_CACHE_LINE == 0, "structs cut from a block start on a line");
+enum { G_SLAB = 64 }; /* structs per block */
+
+/* a, an array of *cap elements of elem bytes, reallocated to twice as
+ * many (first, if none): the new array, or NULL with a unchanged. */
+static void *grow(void *a, size_t *cap, size_t first, size_t elem) {
+    size_t n = *cap ? *cap * 2 : first;
+    void *b = realloc(a, n * elem);
+    if (b)
+        *cap = n;
+    return b;
+}
+
+/* Room for one more struct in allgs and in the newest block (alllock held). */
+static bool g_room(void) {
+    weft_g **gs = weft_S.allgs;
+    if (weft_S.nallgs == weft_S.capallgs && !(gs = grow(gs, &weft_S.capallgs, 256, sizeof *gs)))
+        return false;
+    weft_S.allgs = gs;
+    if (weft_S.gslableft > 0)
+        return true;
+    char **bs = weft_S.gslabs;
+    if (weft_S.ngslabs == weft_S.capgslabs && !(bs = grow(bs, &weft_S.capgslabs, 16, sizeof *bs)))
+        return false;
+    weft_S.gslabs = bs;
+    char *b = aligned_alloc(WEFT_CACHE_LINE, G_SLAB * G_SIZE);
+    if (!b)
+        return false;
+    memset(b, 0, G_SLAB * G_SIZE);
+    weft_S.gslabs[weft_S.ngslabs++] = b;
+    weft_S.gslabnext = b;
+    weft_S.gslableft = G_SLAB;
+    return true;
+}
+
+/* A new struct, entered in allgs. */
 static weft_g *g_alloc(void) {
-    size_t size = (sizeof(weft_g) + WEFT_CACHE_LINE - 1) & ~(size_t)(WEFT_CACHE_LINE - 1);
-    weft_g *g = aligned_alloc(WEFT_CACHE_LINE, size);
-    if (!g)
-        return NULL;
-    memset(g, 0, sizeof *g);
+    weft_g *g = NULL;
     weft_mutex_lock(&weft_S.alllock);
-    if (weft_S.nallgs == weft_S.capallgs) {
-        size_t cap = weft_S.capallgs ? weft_S.capallgs * 2 : 256;
-        weft_g **a = realloc(weft_S.allgs, cap * sizeof *a);
-        if (!a) {
-            weft_mutex_unlock(&weft_S.alllock);
-            free(g);
-            return NULL;
-        }
-        weft_S.allgs = a;
-        weft_S.capallgs = cap;
+    if (g_room()) {
+        g = (weft_g *)(void *)weft_S.gslabnext;
+        weft_S.gslabnext += G_SIZE;
+        weft_S.gslableft--;
+        weft_S.allgs[weft_S.nallgs++] = g;
+        atomic_init(&g->state, WEFT_G_IDLE);
     }
-    weft_S.allgs[weft_S.nallgs++] = g;
     weft_mutex_unlock(&weft_S.alllock);
-    atomic_init(&g->state, WEFT_G_IDLE);
     return g;
 }
 
@@ -249,6 +275,13 @@ void weft_gfree_proc_teardown(weft_proc *p) {
 }
 
 void weft_gfree_teardown(void) {
+    for (size_t i = 0; i < weft_S.ngslabs; i++)
+        free(weft_S.gslabs[i]);
+    free(weft_S.gslabs);
+    weft_S.gslabs = NULL;
+    weft_S.ngslabs = weft_S.capgslabs = 0;
+    weft_S.gslabnext = NULL;
+    weft_S.gslableft = 0;
     int n = atomic_load(&weft_S.nsfree);
     for (int i = 0; i < n; i++)
         weft_gfree_stack_destroy(weft_S.sfree[i]);

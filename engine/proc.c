@@ -872,8 +872,8 @@ static void engine_teardown(void) {
             weft_S.host.discard(g);
         if (g->nat)
             weft_gfree_stack_destroy(g->nat);
-        free(g->wbuf);
-        free(g);
+        free(g->sleept);
+        free(g->wbuf); /* the struct itself goes with its block (gfree.c) */
     }
     free(weft_S.allgs);
     weft_S.allgs = NULL;
@@ -1080,12 +1080,19 @@ int64_t weft_go_hosted_portable(void *host) {
     return queue_portable(p, g, false);
 }
 
+int weft_sleep_prepare(void) {
+    weft_g *g = weft_g_self();
+    return g ? weft_timer_sleep_prepare(g) : WEFT_ENOTG;
+}
+
 int weft_sleep_start(int64_t ns) {
     weft_g *g = weft_g_self();
     if (!g)
         return WEFT_ENOTG;
     if (ns <= 0)
         return WEFT_OK;
+    if (weft_timer_sleep_prepare(g) != WEFT_OK)
+        return WEFT_ENOMEM;
     weft_timer_sleep_arm(g, weft_nanotime() + ns);
     weft_park_hosted(g, "sleep");
     return WEFT_PENDING;
@@ -1099,7 +1106,13 @@ void weft_sleep_ns(int64_t ns) {
         weft_yield();
         return;
     }
-    weft_timer_sleep_arm(g, weft_nanotime() + ns);
+    int64_t when = weft_nanotime() + ns;
+    if (weft_timer_sleep_prepare(g) != WEFT_OK) {
+        while (weft_nanotime() < when) /* no memory for a timer: wait by yielding */
+            weft_yield();
+        return;
+    }
+    weft_timer_sleep_arm(g, when);
     weft_park("sleep", NULL, NULL);
 }
 

@@ -264,8 +264,20 @@ void weft_timers_teardown(weft_proc *p) {
     free(h);
 }
 
+int weft_timer_sleep_prepare(weft_g *g) {
+    if (!g->sleept) {
+        weft_timer *t = calloc(1, sizeof *t);
+        if (!t)
+            return WEFT_ENOMEM;
+        atomic_init(&t->p, NULL);
+        t->idx = -1;
+        g->sleept = t;
+    }
+    return WEFT_OK;
+}
+
 void weft_timer_sleep_arm(weft_g *g, int64_t when) {
-    weft_timer *t = &g->sleept;
+    weft_timer *t = g->sleept;
     t->kind = WEFT_TIMER_SLEEP;
     t->g = g;
     t->when = when;
