@@ -256,8 +256,8 @@ struct weft_proc {
     int niowait;
     weft_g *iowoken; /* fd waits done in callbacks, readied by weft_io_flush */
 
-    /* Free goroutines (with their stacks) for reuse: a stack of pointers,
-     * so that taking one reads nothing of the others (proc.c). */
+    /* Free goroutine structs for reuse: an array of pointers, so that
+     * taking one reads nothing of the others (gfree.c). */
     weft_g *gfree[WEFT_GFREE_LOCAL];
     int ngfree;
     /* Free native stacks (gfree.c): hot ones, last run on here, for
