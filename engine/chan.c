@@ -487,11 +487,14 @@ int weft_chan_try_case(weft_chan *c, weft_case *cs, weft_waiter **wake) {
     }
     if (looks_blocked(c, cs->dir))
         return 0;
-    weft_chan_retain(c); /* see send_prepare */
+    bool ref = buffered(c); /* see send_prepare */
+    if (ref)
+        weft_chan_retain(c);
     weft_mutex_lock(&c->lock);
     int done = weft_chan_try_case_locked(c, cs, wake);
     weft_mutex_unlock(&c->lock);
-    weft_chan_release(c);
+    if (ref)
+        weft_chan_release(c);
     return done;
 }
 
@@ -576,7 +579,10 @@ static int send_slow(weft_chan *c, weft_val *v, weft_g *g) {
 
 /* A buffered channel's slow paths hold a reference of their own: what they
  * push or pop under the lock can be seen by the lock-free side at once, and
- * the channel dropped before the unlock (see feed_after_commit). A queued
+ * the channel dropped before the unlock (see feed_after_commit). An
+ * unbuffered channel's need none: what they do is seen only by a partner
+ * they wake after the unlock, and they touch the channel no more after
+ * that (trysend, tryrecv and select's first pass included). A queued
  * waiter holds its own reference. */
 static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
     count_op();
@@ -762,13 +768,14 @@ static int trysend(weft_chan *c, weft_val *v, bool pinned) {
     }
     if (looks_blocked(c, DIR_SEND))
         return WEFT_EAGAIN;
-    if (!pinned)
-        weft_chan_retain(c); /* see send_prepare */
+    bool ref = !pinned && buffered(c); /* see send_prepare */
+    if (ref)
+        weft_chan_retain(c);
     weft_mutex_lock(&c->lock);
     int rc = try_locked(c, DIR_SEND, v);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
-    if (!pinned)
+    if (ref)
         weft_chan_release(c);
     return rc;
 }
@@ -781,13 +788,14 @@ static int tryrecv(weft_chan *c, weft_val *out, bool pinned) {
         return 1;
     if (looks_blocked(c, DIR_RECV))
         return WEFT_EAGAIN;
-    if (!pinned)
-        weft_chan_retain(c); /* see send_prepare */
+    bool ref = !pinned && buffered(c); /* see send_prepare */
+    if (ref)
+        weft_chan_retain(c);
     weft_mutex_lock(&c->lock);
     int rc = try_locked(c, DIR_RECV, out);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
-    if (!pinned)
+    if (ref)
         weft_chan_release(c);
     return rc;
 }

@@ -603,6 +603,78 @@ static void test_nil_channel(void) {
     CHECK_EQ(weft_chan_recv(NULL, &v), WEFT_ENOTG);
 }
 
+/* ---- a non-blocking form whose partner frees the channel at once ----------- */
+
+/* trysend to a parked receiver, tryrecv from a parked sender, and a
+ * non-blocking select receiving from one, on an unbuffered channel: the partner holds the only reference and drops it as
+ * soon as it runs, which, on 2 processors, may be before the non-blocking
+ * form has returned. That form must not touch the channel after waking the
+ * partner (ASAN and TSAN report it when the partner ran on the other
+ * processor). The main goroutine only borrows the channel; it retries
+ * until the partner is parked; every partner finishes and the values
+ * handed over add up. */
+enum { PF_ROUNDS = 2000 };
+static atomic_int pf_done;
+static atomic_llong pf_sum;
+
+static void pf_receiver(void *arg) {
+    weft_chan *c = arg;
+    weft_val v;
+    CHECK_EQ(weft_chan_recv(c, &v), 1);
+    atomic_fetch_add(&pf_sum, (long long)v.u.i);
+    weft_chan_release(c);
+    atomic_fetch_add(&pf_done, 1);
+}
+
+static void pf_sender(void *arg) {
+    weft_chan *c = arg;
+    CHECK_EQ(weft_chan_send(c, weft_val_int(1000)), WEFT_OK);
+    weft_chan_release(c);
+    atomic_fetch_add(&pf_done, 1);
+}
+
+static void pf_main(void *arg) {
+    (void)arg;
+    long long want = 0; /* what the receivers were handed */
+    for (int r = 0; r < PF_ROUNDS; r++) {
+        weft_chan *c = weft_chan_new(0); /* its reference goes to the partner */
+        if (r % 3 == 2) { /* select's first pass, as a non-blocking select */
+            CHECK(weft_go(pf_sender, c) > 0);
+            weft_case cs[1] = {weft_case_recv(c)};
+            int k;
+            while ((k = weft_select(cs, 1, 1)) == -1)
+                weft_yield();
+            CHECK_EQ(k, 0);
+            CHECK_EQ(cs[0].val.u.i, 1000);
+        } else if (r % 3 == 0) {
+            CHECK(weft_go(pf_receiver, c) > 0);
+            int rc;
+            while ((rc = weft_chan_trysend(c, weft_val_int(r))) == WEFT_EAGAIN)
+                weft_yield();
+            CHECK_EQ(rc, WEFT_OK);
+            want += r;
+        } else {
+            CHECK(weft_go(pf_sender, c) > 0);
+            weft_val v;
+            int rc;
+            while ((rc = weft_chan_tryrecv(c, &v)) == WEFT_EAGAIN)
+                weft_yield();
+            CHECK_EQ(rc, 1);
+            CHECK_EQ(v.u.i, 1000);
+        }
+    }
+    while (weft_count() > 1)
+        weft_yield();
+    CHECK_EQ(atomic_load(&pf_done), PF_ROUNDS);
+    CHECK_EQ(atomic_load(&pf_sum), want);
+}
+
+static void test_try_partner_frees(void) {
+    atomic_store(&pf_done, 0);
+    atomic_store(&pf_sum, 0);
+    ctest_run(2, pf_main, NULL);
+}
+
 const ctest_case chan_tests[] = {
     {"unbuffered", test_unbuffered},
     {"buffered_fifo", test_buffered_fifo},
@@ -614,5 +686,6 @@ const ctest_case chan_tests[] = {
     {"try_loops", test_try_loops},
     {"ring_mixed", test_ring_mixed},
     {"try_agrees_with_len", test_try_agrees_with_len},
+    {"try_partner_frees", test_try_partner_frees},
     {NULL, NULL},
 };
