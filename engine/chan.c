@@ -582,7 +582,7 @@ static int send_slow(weft_chan *c, weft_val *v, weft_g *g) {
  * the channel dropped before the unlock (see feed_after_commit). An
  * unbuffered channel's need none: what they do is seen only by a partner
  * they wake after the unlock, and they touch the channel no more after
- * that (trysend, tryrecv and select's first pass included). A queued
+ * that (try_plain and select's first pass included). A queued
  * waiter holds its own reference. */
 static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
     count_op();
@@ -757,42 +757,30 @@ static bool looks_blocked(weft_chan *c, int dir) {
            !atomic_load_explicit(&c->closed, memory_order_relaxed);
 }
 
-static int trysend(weft_chan *c, weft_val *v, bool pinned) {
+/* The non-blocking send and receive (dir): WEFT_OK / WEFT_ECLOSED for a
+ * send, 1 / 0 for a receive, as try_locked, or WEFT_EAGAIN. pinned: the
+ * caller keeps the channel alive itself (timer.c), so no reference is
+ * taken. */
+static int try_plain(weft_chan *c, int dir, weft_val *v, bool pinned) {
     if (!c)
         return WEFT_EAGAIN;
     count_op();
     if (buffered(c)) {
-        int rc = send_fast(c, v, pinned);
-        if (rc != WEFT_EAGAIN)
-            return rc;
+        if (dir == DIR_SEND) {
+            int rc = send_fast(c, v, pinned);
+            if (rc != WEFT_EAGAIN)
+                return rc;
+        } else if (recv_fast(c, v, pinned) == 1) {
+            return 1;
+        }
     }
-    if (looks_blocked(c, DIR_SEND))
+    if (looks_blocked(c, dir))
         return WEFT_EAGAIN;
     bool ref = !pinned && buffered(c); /* see send_prepare */
     if (ref)
         weft_chan_retain(c);
     weft_mutex_lock(&c->lock);
-    int rc = try_locked(c, DIR_SEND, v);
-    if (rc == WEFT_EAGAIN)
-        weft_mutex_unlock(&c->lock);
-    if (ref)
-        weft_chan_release(c);
-    return rc;
-}
-
-static int tryrecv(weft_chan *c, weft_val *out, bool pinned) {
-    if (!c)
-        return WEFT_EAGAIN;
-    count_op();
-    if (buffered(c) && recv_fast(c, out, pinned) == 1)
-        return 1;
-    if (looks_blocked(c, DIR_RECV))
-        return WEFT_EAGAIN;
-    bool ref = !pinned && buffered(c); /* see send_prepare */
-    if (ref)
-        weft_chan_retain(c);
-    weft_mutex_lock(&c->lock);
-    int rc = try_locked(c, DIR_RECV, out);
+    int rc = try_locked(c, dir, v);
     if (rc == WEFT_EAGAIN)
         weft_mutex_unlock(&c->lock);
     if (ref)
@@ -801,20 +789,20 @@ static int tryrecv(weft_chan *c, weft_val *out, bool pinned) {
 }
 
 int weft_chan_trysend(weft_chan *c, weft_val v) {
-    return trysend(c, &v, false);
+    return try_plain(c, DIR_SEND, &v, false);
 }
 
 int weft_chan_tryrecv(weft_chan *c, weft_val *out) {
-    return tryrecv(c, out, false);
+    return try_plain(c, DIR_RECV, out, false);
 }
 
 /* timer.c's deliveries and drains (see feed_after_commit). */
 int weft_chan_trysend_pinned(weft_chan *c, weft_val v) {
-    return trysend(c, &v, true);
+    return try_plain(c, DIR_SEND, &v, true);
 }
 
 int weft_chan_tryrecv_pinned(weft_chan *c, weft_val *out) {
-    return tryrecv(c, out, true);
+    return try_plain(c, DIR_RECV, out, true);
 }
 
 int weft_chan_close(weft_chan *c) {
