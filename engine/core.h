@@ -361,7 +361,7 @@ typedef struct weft_sched {
     weft_proc *idlep;
     weft_g **gfree; /* free goroutines, a stack of pointers of capgfree */
     atomic_int ngfree; /* written under lock, peeked without */
-    int capgfree;
+    size_t capgfree;
     weft_gnative *sfree[WEFT_SFREE_GLOBAL]; /* free native stacks */
     atomic_int nsfree; /* written under lock, peeked without */
 

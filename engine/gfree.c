@@ -55,10 +55,32 @@ enum {
 };
 
 _Static_assert(sizeof(weft_g *) == sizeof(void *) && sizeof(weft_gnative *) == sizeof(void *),
-               "global_take copies pointers of either kind as bytes");
+               "global_take and global_give copy pointers of either kind as bytes");
 
 /* The two global arrays. */
 enum { POOL_STRUCTS, POOL_STACKS };
+
+/* a, an array of *cap elements of elem bytes, reallocated to twice as
+ * many (first, if none): the new array, or NULL with a unchanged. */
+static void *grow(void *a, size_t *cap, size_t first, size_t elem) {
+    size_t n = *cap ? *cap * 2 : first;
+    void *b = realloc(a, n * elem);
+    if (b)
+        *cap = n;
+    return b;
+}
+
+/* Room for n more in the global array of structs (sched.lock held). */
+static bool gfree_room(int n) {
+    size_t need = (size_t)atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed) + (size_t)n;
+    while (weft_S.capgfree < need) {
+        weft_g **a = grow(weft_S.gfree, &weft_S.capgfree, 256, sizeof *a);
+        if (!a)
+            return false;
+        weft_S.gfree = a;
+    }
+    return true;
+}
 
 /* Moves up to `want` pointers off the top of a global array into dst (an
  * array of weft_g * or weft_gnative *, as the pool); returns how many. */
@@ -74,6 +96,23 @@ static int global_take(void *dst, int pool, int want) {
     return k;
 }
 
+/* Moves k pointers from src onto the top of a global array; returns how
+ * many it took: the structs' array grows to take all k (none if it cannot
+ * grow), the stacks' takes as many as fit below WEFT_SFREE_GLOBAL. */
+static int global_give(const void *src, int pool, int k) {
+    weft_mutex_lock(&weft_S.lock);
+    atomic_int *np = pool == POOL_STRUCTS ? &weft_S.ngfree : &weft_S.nsfree;
+    int n = atomic_load_explicit(np, memory_order_relaxed);
+    int fit = pool == POOL_STRUCTS ? (gfree_room(k) ? k : 0)
+                                   : (WEFT_SFREE_GLOBAL - n < k ? WEFT_SFREE_GLOBAL - n : k);
+    char *base = pool == POOL_STRUCTS ? (char *)weft_S.gfree : (char *)weft_S.sfree;
+    if (fit > 0) /* (the structs' array may not exist yet) */
+        memcpy(base + (size_t)n * sizeof(void *), src, (size_t)fit * sizeof(void *));
+    atomic_store_explicit(np, n + fit, memory_order_relaxed);
+    weft_mutex_unlock(&weft_S.lock);
+    return fit;
+}
+
 /* ---- structs ---------------------------------------------------------------- */
 
 /* Structs are cut from blocks aligned to a cache line; the struct's own
@@ -83,16 +122,6 @@ static int global_take(void *dst, int pool, int want) {
 #define G_SIZE sizeof(weft_g)
 _Static_assert(sizeof(weft_g) % WEFT_CACHE_LINE == 0, "structs cut from a block start on a line");
 enum { G_SLAB = 64 }; /* structs per block */
-
-/* a, an array of *cap elements of elem bytes, reallocated to twice as
- * many (first, if none): the new array, or NULL with a unchanged. */
-static void *grow(void *a, size_t *cap, size_t first, size_t elem) {
-    size_t n = *cap ? *cap * 2 : first;
-    void *b = realloc(a, n * elem);
-    if (b)
-        *cap = n;
-    return b;
-}
 
 /* Room for one more struct in allgs and in the newest block (alllock held). */
 static bool g_room(void) {
@@ -131,22 +160,6 @@ static weft_g *g_alloc(void) {
     return g;
 }
 
-/* Room for n more in the global array of structs (sched.lock held). */
-static bool gfree_room(int n) {
-    int need = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed) + n;
-    if (need <= weft_S.capgfree)
-        return true;
-    int cap = weft_S.capgfree ? weft_S.capgfree : 256;
-    while (cap < need)
-        cap *= 2;
-    weft_g **a = realloc(weft_S.gfree, (size_t)cap * sizeof *a);
-    if (!a)
-        return false;
-    weft_S.gfree = a;
-    weft_S.capgfree = cap;
-    return true;
-}
-
 /* A free struct: p's, else half a processor's worth from the global array,
  * else a new one. */
 weft_g *weft_gfree_get(weft_proc *p) {
@@ -169,15 +182,8 @@ weft_g *weft_gfree_get(weft_proc *p) {
 void weft_gfree_put(weft_proc *p, weft_g *g) {
     atomic_store_explicit(&g->state, WEFT_G_IDLE, memory_order_relaxed);
     if (p->ngfree == WEFT_GFREE_LOCAL) {
-        weft_mutex_lock(&weft_S.lock);
-        int n = atomic_load_explicit(&weft_S.ngfree, memory_order_relaxed);
-        bool room = gfree_room(GFREE_HALF);
-        if (room) {
-            memcpy(weft_S.gfree + n, p->gfree, GFREE_HALF * sizeof *p->gfree);
-            atomic_store_explicit(&weft_S.ngfree, n + GFREE_HALF, memory_order_relaxed);
-        }
-        weft_mutex_unlock(&weft_S.lock);
         /* Without room the older half stays in allgs only (freed at teardown). */
+        global_give(p->gfree, POOL_STRUCTS, GFREE_HALF);
         memmove(p->gfree, p->gfree + GFREE_HALF, GFREE_HALF * sizeof *p->gfree);
         p->ngfree = GFREE_HALF;
     }
@@ -209,12 +215,7 @@ static weft_gnative *stack_alloc(void) {
  * unmaps what it has no room for. */
 static void cold_give_half(weft_proc *p) {
     weft_gnative **a = p->scold;
-    weft_mutex_lock(&weft_S.lock);
-    int n = atomic_load_explicit(&weft_S.nsfree, memory_order_relaxed);
-    int fit = WEFT_SFREE_GLOBAL - n < SCOLD_HALF ? WEFT_SFREE_GLOBAL - n : SCOLD_HALF;
-    memcpy(weft_S.sfree + n, a, (size_t)fit * sizeof *a);
-    atomic_store_explicit(&weft_S.nsfree, n + fit, memory_order_relaxed);
-    weft_mutex_unlock(&weft_S.lock);
+    int fit = global_give(a, POOL_STACKS, SCOLD_HALF);
     for (int i = fit; i < SCOLD_HALF; i++)
         weft_gfree_stack_destroy(a[i]);
     memmove(a, a + SCOLD_HALF, SCOLD_HALF * sizeof *a);
