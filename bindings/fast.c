@@ -32,6 +32,14 @@
  * values the one sent is moved, the others freed; on SEL_NOTG and SEL_BAD
  * they are all still the caller's.
  *
+ * Lifetime: a queued waiter holds no reference on its channel (chan.c), so
+ * the Lua side keeps the channel's userdata alive while it waits: a send's
+ * or receive's finish takes the channel (and does nothing with it), so
+ * that the userdata is live across the yield and stays in the parked
+ * coroutine's frame even where a JIT trace would otherwise drop a slot it
+ * no longer reads; a select reads its case tables, which hold the channels,
+ * after its finish.
+ *
  * Invariants: a goroutine has at most one operation under way (h->op), so
  * the held value, a pending select's cases and an early result live in its
  * hostg until the operation is finished or dropped. The Lua side allocates
@@ -50,9 +58,9 @@ enum { SEL_NONE = -1, SEL_NOTG = -3, SEL_BAD = -4, SEL_BLOCK = -5 };
 
 /* Entry points for the FFI (declared in lua/weft/init.lua, never static). */
 int weft_lua_send(lchan *uc, weft_val *v);
-int weft_lua_send_finish(void);
+int weft_lua_send_finish(const lchan *uc);
 int weft_lua_recv(lchan *uc, weft_val *out);
-int weft_lua_recv_finish(weft_val *out);
+int weft_lua_recv_finish(const lchan *uc, weft_val *out);
 int weft_lua_select(const weft_case *cs, int n, int nonblock, weft_case *res);
 int weft_lua_select_finish(weft_case *res);
 void weft_lua_drop(void);
@@ -171,7 +179,8 @@ static bool op_finish(hostg *h) {
     return early;
 }
 
-int weft_lua_send_finish(void) {
+int weft_lua_send_finish(const lchan *uc) {
+    (void)uc; /* see Lifetime */
     hostg *h = weft_hostg_self();
     if (op_finish(h)) {
         weft_codec_val_free(&h->held); /* closed: the value came back */
@@ -184,7 +193,8 @@ int weft_lua_send_finish(void) {
     return WL_CLOSED;
 }
 
-int weft_lua_recv_finish(weft_val *out) {
+int weft_lua_recv_finish(const lchan *uc, weft_val *out) {
+    (void)uc; /* see Lifetime */
     hostg *h = weft_hostg_self();
     if (op_finish(h)) {
         *out = h->held;

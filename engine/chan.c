@@ -53,6 +53,13 @@
  *    reference at once), so nothing touches the channel after it unless
  *    the committer took a reference first; a buffered channel's slow
  *    paths hold one over their critical section for the same reason.
+ *  - A queued waiter holds no reference: whoever blocks keeps the channel
+ *    alive until it is woken (a C caller by weft.h's rule, a Lua
+ *    goroutine through the userdata in its frame, bindings/fast.c). At
+ *    engine stop, goroutines may stay queued while their VMs close and
+ *    drop the last references: a channel whose last reference goes while
+ *    the engine stops keeps its struct (lock and queues) until the
+ *    engine's teardown has withdrawn every waiter (weft_chan_hold_frees).
  *  - A value (weft_val) is moved, never duplicated: on every path it ends in
  *    exactly one of the ring, a waiter's val, or the caller's hands.
  *  - nrecvw, nsendw (waiters queued or announced) and closed are written
@@ -96,7 +103,10 @@ struct weft_chan {
     /* Waiters queued in (or announced to) recvq and sendq. */
     atomic_int nrecvw, nsendw;
     weft_waitq recvq, sendq;
-    struct weft_timer *timer; /* an after-channel's timer (strong) */
+    union {
+        struct weft_timer *timer; /* an after-channel's timer (strong) */
+        struct weft_chan *held;   /* released while held (see hold_frees) */
+    };
     weft_ring r;              /* r.cap == 0: unbuffered, no slots */
 };
 
@@ -108,9 +118,8 @@ static bool buffered(const weft_chan *c) {
 
 /* ---- waiter queues --------------------------------------------------------- */
 
-/* A queued waiter holds a reference on its channel, so a channel is never
- * freed under a parked goroutine; whoever unlinks the waiter (always while
- * holding another reference, so never the last) drops it and clears w->c. */
+/* A queued waiter points at its channel (w->c, cleared when unlinked) and
+ * holds no reference on it (see Lifetime). */
 static atomic_int *waitq_count(weft_chan *c, const weft_waitq *q) {
     return q == &c->recvq ? &c->nrecvw : &c->nsendw;
 }
@@ -129,7 +138,6 @@ static void announce(weft_chan *c, int dir, int k) {
 
 /* Queues a waiter already counted by announce. */
 static void waitq_push_counted(weft_chan *c, weft_waitq *q, weft_waiter *w) {
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     w->c = c;
     weft_waitq_push(q, w);
 }
@@ -138,7 +146,6 @@ static void waitq_unlink(weft_waitq *q, weft_waiter *w) {
     atomic_int *n = waitq_count(w->c, q);
     atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) - 1,
                           memory_order_release); /* see looks_full */
-    atomic_fetch_sub_explicit(&w->c->refs, 1, memory_order_relaxed);
     w->c = NULL;
     weft_waitq_remove(q, w);
 }
@@ -369,6 +376,46 @@ weft_chan *weft_chan_retain(weft_chan *c) {
     return c;
 }
 
+/* Channels released while their structs are held (Lifetime): linked
+ * through `held` until the teardown has withdrawn the waiters still queued
+ * on them. `on` is set by each processor's thread before its host closes
+ * its VM (so that thread's releases see it) and cleared by the teardown,
+ * once every processor's thread has ended. Lock order: a channel's last
+ * release takes this lock and nothing else while holding it. */
+static struct {
+    weft_mutex lock;
+    atomic_bool on;
+    weft_chan *list;
+} holding;
+
+void weft_chan_hold_frees(bool on) {
+    weft_mutex_lock(&holding.lock);
+    atomic_store_explicit(&holding.on, on, memory_order_relaxed);
+    weft_chan *list = on ? NULL : holding.list;
+    if (!on)
+        holding.list = NULL;
+    weft_mutex_unlock(&holding.lock);
+    while (list) {
+        weft_chan *c = list;
+        list = c->held;
+        free(c);
+    }
+}
+
+/* Whether c's struct is kept for the teardown (see holding). */
+static bool hold_free(weft_chan *c) {
+    if (!atomic_load_explicit(&holding.on, memory_order_relaxed))
+        return false;
+    weft_mutex_lock(&holding.lock);
+    bool hold = atomic_load_explicit(&holding.on, memory_order_relaxed);
+    if (hold) {
+        c->held = holding.list;
+        holding.list = c;
+    }
+    weft_mutex_unlock(&holding.lock);
+    return hold;
+}
+
 void weft_chan_release(weft_chan *c) {
     if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
@@ -382,7 +429,9 @@ void weft_chan_release(weft_chan *c) {
             weft_val_dispose(&weft_ring_slot_at(&c->r, pos)->val);
     }
     free(c->r.slots);
-    free(c);
+    c->r.slots = NULL;
+    if (!hold_free(c))
+        free(c);
 }
 
 void weft_chan_set_timer(weft_chan *c, struct weft_timer *t) {
@@ -516,17 +565,16 @@ void weft_chan_dequeue_locked(weft_chan *c, int dir, weft_waiter *w) {
         waitq_unlink(queue_of(c, dir), w);
 }
 
-/* Teardown (single-threaded): unlinks a waiter still queued, dropping its
- * reference properly since it may be the channel's last. */
+/* Teardown (single-threaded): unlinks a waiter still queued. Its channel
+ * may have lost its last reference meanwhile: its struct is then held
+ * (weft_chan_hold_frees) and only the lock and the queues are touched. */
 void weft_waiter_withdraw(weft_waiter *w) {
     weft_chan *c = w->c;
     if (!c || !w->queued)
         return;
-    weft_chan_retain(c);
     weft_mutex_lock(&c->lock);
     waitq_unlink(queue_of(c, w->dir), w);
     weft_mutex_unlock(&c->lock);
-    weft_chan_release(c);
     /* A discarded plain sender's value is dropped here; a select's send
      * values stay with its cases, which their owner frees. */
     if (w->dir == DIR_SEND && !w->is_select)
@@ -583,7 +631,7 @@ static int send_slow(weft_chan *c, weft_val *v, weft_g *g) {
  * unbuffered channel's need none: what they do is seen only by a partner
  * they wake after the unlock, and they touch the channel no more after
  * that (try_plain and select's first pass included). A queued
- * waiter holds its own reference. */
+ * waiter holds none (see Lifetime). */
 static int send_prepare(weft_chan *c, weft_val *v, weft_g *g) {
     count_op();
     if (!buffered(c))

@@ -70,8 +70,9 @@ struct weft_waiter {
 };
 
 /* A FIFO of waiters, linked through next/prev (a channel's send or receive
- * queue, a semaphore's queue). The owner's lock protects it; the owner
- * keeps its own reference counting around push and remove. */
+ * queue, a semaphore's queue). The owner's lock protects it; whether a
+ * queued waiter holds a reference on the owner is the owner's rule (a
+ * semaphore's do, a channel's do not: chan.c). */
 typedef struct weft_waitq {
     weft_waiter *first, *last;
 } weft_waitq;
@@ -432,6 +433,9 @@ void weft_gfree_teardown(void);
 
 /* chan.c */
 void weft_waiter_withdraw(weft_waiter *w); /* teardown: unlink if still queued */
+/* on: from now, a channel's last release keeps its struct (lock and
+ * queues) for weft_waiter_withdraw; off: frees the structs kept. */
+void weft_chan_hold_frees(bool on);
 weft_waiter *weft_waitq_dequeue_for(weft_chan *c, int dir);
 void weft_chan_lock(weft_chan *c);
 void weft_chan_unlock(weft_chan *c);

@@ -737,6 +737,16 @@ static void schedule_loop(weft_proc *p) {
     }
 }
 
+/* A processor's thread after its scheduler loop. Goroutines may still be
+ * queued on channels whose last references go as the host closes the
+ * processor's VM: the channels' structs are kept until the teardown has
+ * withdrawn them (chan.c). */
+static void proc_stop(weft_proc *p) {
+    weft_chan_hold_frees(true);
+    if (weft_S.host.proc_stop)
+        weft_S.host.proc_stop(p);
+}
+
 static void *proc_thread(void *arg) {
     weft_proc *p = arg;
     tls_proc = p;
@@ -744,8 +754,7 @@ static void *proc_thread(void *arg) {
     if (weft_S.host.proc_start)
         weft_S.host.proc_start(p);
     schedule_loop(p);
-    if (weft_S.host.proc_stop)
-        weft_S.host.proc_stop(p);
+    proc_stop(p);
     tls_proc = NULL;
     return NULL;
 }
@@ -875,6 +884,7 @@ static void engine_teardown(void) {
         free(g->sleept);
         free(g->wbuf); /* the struct itself goes with its block (gfree.c) */
     }
+    weft_chan_hold_frees(false);
     free(weft_S.allgs);
     weft_S.allgs = NULL;
     weft_S.nallgs = weft_S.capallgs = 0;
@@ -952,8 +962,7 @@ static int run_main(const weft_config *cfg, const weft_host *host, void (*main_f
         g->host = NULL; /* main never runs: its host data is the caller's again */
     weft_ctx_init_thread(&p0->g0);
     schedule_loop(p0);
-    if (weft_S.host.proc_stop)
-        weft_S.host.proc_stop(p0);
+    proc_stop(p0);
     tls_proc = NULL;
     join_threads();
     engine_teardown();

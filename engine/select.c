@@ -251,7 +251,7 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
     }
     g->waiting = g->wbuf;
     g->nwaiting = m;
-    sel_hold(s, false); /* (locked: the queued waiters hold references) */
+    sel_hold(s, false); /* (the caller's references keep the channels: chan.c) */
     return WEFT_PENDING;
 }
 
@@ -259,10 +259,8 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
  * channels locked in the order they were queued) and report the winner. */
 static int select_result(weft_g *g, weft_case *cases) {
     weft_waiter *win = g->param;
-    /* The waker unlinked the winner, dropping its reference: the winning
-     * channel may be gone already (its other users dropped theirs once the
-     * case took effect). It is locked only if another waiter of this select
-     * is on it, and so still holds a reference. */
+    /* The waker unlinked the winner: its channel is locked again only if
+     * another waiter of this select is queued on it. */
     weft_chan *wc = cases[win->case_index].ch;
     sel qs = {cases, NULL, g->wbuf, g->nwaiting, wc};
     for (int k = 0; k < qs.n; k++)

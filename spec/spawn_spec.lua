@@ -83,6 +83,36 @@ describe("weft.spawn", function()
     assert.are.equal(55, got)
   end)
 
+  it("stops while isolates wait on channels that only their VMs hold", function()
+    -- Each isolate parks goroutines of its VM on its own channels (send,
+    -- receive, buffered, select), which the engine's stop withdraws after
+    -- the VMs that held the channels have closed. Under `make asan` a
+    -- channel freed before its waiters were withdrawn is reported.
+    for _ = 1, 10 do
+      local parked = run(function()
+        local ready, n = weft.chan(64), 4
+        for _ = 1, n do
+          weft.spawn(function(out)
+            local weft = require "weft"
+            local a, b, full, empty = weft.chan(), weft.chan(), weft.chan(1), weft.chan(4)
+            full:send(0)
+            weft.go(function() out:send(1); a:send("x") end)
+            weft.go(function() out:send(1); b:recv() end)
+            weft.go(function() out:send(1); full:send(1) end)
+            weft.go(function() out:send(1); weft.select(weft.recv(empty), weft.send(b, {1})) end)
+            out:send(1)
+            a:recv()
+            a:recv() -- a second time: no sender left
+          end, ready)
+        end
+        local got = 0
+        for _ = 1, 5 * n do got = got + ready:recv() end
+        return got
+      end)
+      assert.are.equal(20, parked)
+    end
+  end)
+
   it("spreads many isolates over the processors, losing none", function()
     local total, procs = run(function()
       local out = weft.chan(64)

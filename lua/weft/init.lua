@@ -35,9 +35,9 @@ typedef struct weft_lua_val {
 } weft_lua_val;
 typedef struct weft_lua_case { void *ch; int dir; weft_lua_val val; int ok; } weft_lua_case;
 int weft_lua_send(void *ch, weft_lua_val *v);
-int weft_lua_send_finish(void);
+int weft_lua_send_finish(void *ch);
 int weft_lua_recv(void *ch, weft_lua_val *out);
-int weft_lua_recv_finish(weft_lua_val *out);
+int weft_lua_recv_finish(void *ch, weft_lua_val *out);
 int weft_lua_select(const weft_lua_case *cs, int n, int nonblock, weft_lua_case *res);
 int weft_lua_select_finish(weft_lua_case *res);
 void weft_lua_drop(void);
@@ -427,7 +427,7 @@ function Chan:send(v)
   if rc == DONE then return end
   if rc == BLOCK then
     if not can_yield() or co_yield(OP) == CANNOT then dropped(2) end
-    rc = C.weft_lua_send_finish()
+    rc = C.weft_lua_send_finish(self) -- self: kept alive across the yield
     if rc == DONE then return end
   end
   if rc == CLOSED then error("send on closed channel", 0) end
@@ -442,7 +442,7 @@ local function recv_op(ch)
     busy = false
     if not can_yield() or co_yield(OP) == CANNOT then dropped(3) end -- at recv's caller
     busy = true
-    rc = C.weft_lua_recv_finish(RV)
+    rc = C.weft_lua_recv_finish(ch, RV) -- ch: kept alive across the yield
   end
   local v, err
   if rc == DONE then v, err = take(RV) end
