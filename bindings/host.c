@@ -67,7 +67,8 @@ static struct {
 /* Frees what h holds for an operation under way: a send's value, and its
  * select's send values except case keep's. */
 static void hostg_drop_cases(hostg *h, int keep) {
-    weft_codec_val_free(&h->held);
+    if (h->held.flags) /* (an inline value owns nothing) */
+        weft_codec_val_free(&h->held);
     for (int i = 0; i < h->ncases; i++)
         if (i != keep && h->cases[i].dir == WEFT_CASE_SEND)
             weft_codec_val_free(&h->cases[i].val);

@@ -398,6 +398,8 @@ void weft_park_hosted(weft_g *g, const char *reason); /* mark parked; caller the
 bool weft_is_native(weft_g *g);
 void weft_wakep(void);
 uint32_t weft_fastrand(void);
+/* The same for a caller that has its processor p at hand (or NULL). */
+uint32_t weft_fastrand_on(weft_proc *p);
 uint32_t weft_fastrandn(uint32_t n);
 
 /* A random 32-bit r scaled into [0, n) by a multiply and a shift instead

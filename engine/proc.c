@@ -103,8 +103,10 @@ WEFT_NOINLINE weft_proc *weft_proc_self(void) {
     return tls_proc;
 }
 
-weft_g *weft_g_self(void) {
-    weft_proc *p = weft_proc_self();
+/* Never inlined either; it reads the TLS itself (one call, not two, on
+ * every operation's path). */
+WEFT_NOINLINE weft_g *weft_g_self(void) {
+    weft_proc *p = tls_proc;
     return p ? p->curg : NULL;
 }
 
@@ -134,7 +136,10 @@ double weft_now(void) {
 }
 
 uint32_t weft_fastrand(void) {
-    weft_proc *p = weft_proc_self();
+    return weft_fastrand_on(weft_proc_self());
+}
+
+uint32_t weft_fastrand_on(weft_proc *p) {
     static _Atomic uint64_t shared = 0x9E3779B97F4A7C15ull;
     uint64_t x;
     if (p) {

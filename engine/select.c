@@ -173,7 +173,8 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
     /* Random poll order over the cases that have a channel (inside-out
      * Fisher-Yates), drawn from one processor random number stretched by a
      * local LCG (its high bits, scaled by multiply and shift). */
-    uint64_t x = weft_fastrand();
+    weft_proc *p = weft_proc_self();
+    uint64_t x = weft_fastrand_on(p);
     int m = 0;
     for (int i = 0; i < n; i++) {
         if (!cases[i].ch)
@@ -185,7 +186,6 @@ static int select_prepare(weft_g *g, weft_case *cases, int n, int nonblock, int 
         lockorder[m] = i;
         m++;
     }
-    weft_proc *p = weft_proc_self();
     if (p && m)
         weft_stat_inc(&p->st_chanops);
     for (int k = 0; k < m; k++) {
