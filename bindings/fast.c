@@ -61,7 +61,7 @@ int weft_lua_send(lchan *uc, weft_val *v);
 int weft_lua_send_finish(const lchan *uc);
 int weft_lua_recv(lchan *uc, weft_val *out);
 int weft_lua_recv_finish(const lchan *uc, weft_val *out);
-int weft_lua_select(const weft_case *cs, int n, int nonblock, weft_case *res);
+int weft_lua_select(weft_case *cs, int n, int nonblock);
 int weft_lua_select_finish(weft_case *res);
 void weft_lua_drop(void);
 int weft_lua_val_bytes(weft_val *v, const void *p, size_t len, int tag);
@@ -105,30 +105,30 @@ int weft_lua_recv(lchan *uc, weft_val *out) {
     return WL_BLOCK;
 }
 
-/* cs[i].ch holds the channel's userdata payload (an lchan *), or NULL. */
-int weft_lua_select(const weft_case *cs, int n, int nonblock, weft_case *res) {
+/* cs: the caller's cases (cs[i].ch the engine's channel, or NULL), tried
+ * where they are: when a case proceeds at once its result is in cs[i] and
+ * the send values not taken are freed; when none does and the select may
+ * wait, the cases move to the hostg, which holds them until the select
+ * starts (and after, while it waits). */
+int weft_lua_select(weft_case *cs, int n, int nonblock) {
     hostg *h = weft_hostg_self();
     if (!h)
         return SEL_NOTG;
-    if (n < 0 || !weft_hostg_reserve_cases(h, n))
+    if (n < 0)
         return SEL_BAD;
-    for (int i = 0; i < n; i++) {
-        const lchan *uc = (const lchan *)cs[i].ch;
-        h->cases[i] = cs[i];
-        h->cases[i].ch = uc ? uc->c : NULL;
-        h->cases[i].ok = 0;
-    }
-    h->ncases = n;
-    int rc = weft_select_start(h->cases, n, 1);
+    int rc = weft_select_start(cs, n, 1);
+    if (rc < -1)
+        return SEL_BAD; /* nothing taken: the caller frees its send values */
     if (rc == -1 && !nonblock) {
-        op_block(h, WEFT_HOSTOP_SELECT, NULL); /* the cases stay held */
+        if (!weft_hostg_reserve_cases(h, n))
+            return SEL_BAD;
+        if (n)
+            memcpy(h->cases, cs, (size_t)n * sizeof *cs);
+        h->ncases = n;
+        op_block(h, WEFT_HOSTOP_SELECT, NULL);
         return SEL_BLOCK;
     }
-    if (rc < -1) { /* nothing taken: the caller frees its send values */
-        h->ncases = 0;
-        return SEL_BAD;
-    }
-    weft_hostg_select_done(h, rc, res);
+    weft_cases_drop_unsent(cs, n, rc);
     return rc;
 }
 

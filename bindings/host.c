@@ -64,14 +64,30 @@ static struct {
 
 /* ---- hostgs ------------------------------------------------------------------ */
 
+/* Frees the send values of cs[0 .. n-1] except case keep's. */
+static void cases_drop(weft_case *cs, int n, int keep) {
+    for (int i = 0; i < n; i++)
+        if (i != keep && cs[i].dir == WEFT_CASE_SEND)
+            weft_codec_val_free(&cs[i].val);
+}
+
+/* i if the select took case i's value (a receive, or a send that went), or
+ * -1 (none chosen, or a send that a close refused: the value is still
+ * there). */
+static int case_taken(const weft_case *cs, int i) {
+    return i >= 0 && (cs[i].dir == WEFT_CASE_RECV || cs[i].ok) ? i : -1;
+}
+
+void weft_cases_drop_unsent(weft_case *cs, int n, int i) {
+    cases_drop(cs, n, case_taken(cs, i));
+}
+
 /* Frees what h holds for an operation under way: a send's value, and its
  * select's send values except case keep's. */
 static void hostg_drop_cases(hostg *h, int keep) {
     if (h->held.flags) /* (an inline value owns nothing) */
         weft_codec_val_free(&h->held);
-    for (int i = 0; i < h->ncases; i++)
-        if (i != keep && h->cases[i].dir == WEFT_CASE_SEND)
-            weft_codec_val_free(&h->cases[i].val);
+    cases_drop(h->cases, h->ncases, keep);
     h->ncases = 0;
 }
 
@@ -195,10 +211,10 @@ bool weft_hostg_reserve_cases(hostg *h, int n) {
 }
 
 void weft_hostg_select_done(hostg *h, int i, weft_case *res) {
-    bool taken = i >= 0 && (h->cases[i].dir == WEFT_CASE_RECV || h->cases[i].ok);
+    int keep = case_taken(h->cases, i);
     if (i >= 0)
         *res = h->cases[i];
-    hostg_drop_cases(h, taken ? i : -1);
+    hostg_drop_cases(h, keep);
 }
 
 /* ---- errors ------------------------------------------------------------------- */

@@ -154,6 +154,11 @@ bool weft_hostg_reserve_cases(hostg *h, int n);
  * res may be NULL when i is -1). */
 void weft_hostg_select_done(hostg *h, int i, weft_case *res);
 
+/* After a select over cs[0 .. n-1] chose case i (-1: none): frees the send
+ * values it did not take (a send case that a close refused keeps its value,
+ * which is freed too). */
+void weft_cases_drop_unsent(weft_case *cs, int n, int i);
+
 /* ---- context.c ---- */
 
 /* Adds the context functions (ctx_*) and metatable to the table on top of

@@ -34,11 +34,12 @@ typedef struct weft_lua_val {
   uint32_t len; uint16_t tag; uint16_t flags;
 } weft_lua_val;
 typedef struct weft_lua_case { void *ch; int dir; weft_lua_val val; int ok; } weft_lua_case;
+typedef struct weft_lua_chanref { void *c; } weft_lua_chanref;
 int weft_lua_send(void *ch, weft_lua_val *v);
 int weft_lua_send_finish(void *ch);
 int weft_lua_recv(void *ch, weft_lua_val *out);
 int weft_lua_recv_finish(void *ch, weft_lua_val *out);
-int weft_lua_select(const weft_lua_case *cs, int n, int nonblock, weft_lua_case *res);
+int weft_lua_select(weft_lua_case *cs, int n, int nonblock);
 int weft_lua_select_finish(weft_lua_case *res);
 void weft_lua_drop(void);
 int weft_lua_val_bytes(weft_lua_val *v, const void *p, size_t len, int tag);
@@ -249,6 +250,9 @@ end
 
 local SV, RV = ffi.new("weft_lua_val[1]"), ffi.new("weft_lua_val[1]")
 local RES = ffi.new("weft_lua_case[1]")
+-- A channel's userdata as its payload (bindings/host.h's lchan), whose
+-- first field is the engine's channel: a select's cases hold that pointer.
+local cast, CHANREF = ffi.cast, ffi.typeof("weft_lua_chanref *")
 local SC, SCN = ffi.new("weft_lua_case[?]", 16), 16
 local busy = false
 
@@ -524,13 +528,13 @@ local function free_cases(sc, m)
 end
 
 -- The chosen case k (0-based among the channel cases), whose result is in
--- res: releases the buffers (busy) before any handler runs.
-local function select_done(k, res, rv, nested, ...)
+-- rcs[ri]: releases the buffers (busy) before any handler runs.
+local function select_done(k, rcs, ri, rv, nested, ...)
   local c, i = nth_case(k + 1, ...)
-  local fn, ok = c[4], res[0].ok ~= 0
+  local fn, ok = c[4], rcs[ri].ok ~= 0
   local v, err
   if c[1] == RECV and ok then
-    rv[0] = res[0].val
+    rv[0] = rcs[ri].val
     v, err = take(rv, nested)
   end
   if not nested then busy = false end
@@ -557,8 +561,8 @@ local function select_with(sc, res, sv, rv, nested, n, ...)
     local c = select(i, ...)
     local kind = type(c) == "table" and c[1]
     if kind == RECV or kind == SEND then
-      local slot = sc[m]
-      slot.ch = c[2]
+      local slot, ch = sc[m], c[2]
+      slot.ch = ch ~= nil and cast(CHANREF, ch).c or nil -- the engine's channel
       slot.dir = kind
       m = m + 1
       if kind == SEND then
@@ -579,8 +583,8 @@ local function select_with(sc, res, sv, rv, nested, n, ...)
       default = true
     end
   end
-  local k = C.weft_lua_select(sc, m, default and 1 or 0, res)
-  if k >= 0 then return true, select_done(k, res, rv, nested, ...) end
+  local k = C.weft_lua_select(sc, m, default and 1 or 0)
+  if k >= 0 then return true, select_done(k, sc, k, rv, nested, ...) end
   if not nested then busy = false end
   if k == SEL_NONE then return true, run_default(...) end
   if k == SEL_BLOCK then
@@ -594,7 +598,7 @@ local function select_with(sc, res, sv, rv, nested, n, ...)
       k = C.weft_lua_select_finish(res)
       if k == SEL_BLOCK then busy = false end
     until k ~= SEL_BLOCK
-    return true, select_done(k, res, rv, nested, ...)
+    return true, select_done(k, res, 0, rv, nested, ...)
   end
   if k == SEL_NOTG then
     free_cases(sc, m)
