@@ -17,6 +17,17 @@ weft.run(function()
   for i = 1, 10 do weft.select(weft.send(full, long), weft.send(open, {long})); open:recv() end
   weft.go(function() c:send(long) end)
   c:recv()
+  -- Selects that end at once: a receive chosen beside a send case, a send
+  -- case on a closed channel chosen (raises), the default chosen; every
+  -- send value the select did not take is freed.
+  local shut = weft.chan(1)
+  shut:close()
+  for i = 1, 10 do
+    open:send(i)
+    weft.select(weft.recv(open), weft.send(full, { long }))
+    pcall(weft.select, weft.send(shut, long .. i), weft.send(full, { long }))
+    weft.select(weft.send(full, long), weft.send(c, { long }), weft.default())
+  end
 end)
 -- Contexts: cancelled, timed out, dropped uncancelled, with values and
 -- causes, passed to isolates; none may outlive its last reference.
